@@ -1,0 +1,34 @@
+"""collapse_utils: the one shared package behind the model-collapse book.
+
+Chapters import it as ``import collapse_utils as cu`` and keep only narrative and
+short calls; everything with logic lives here, where it is tested.
+"""
+__version__ = "0.1.0"
+
+from .config import Checker, ParamError, auto_run_name, collect_params, load_preset, run_info  # noqa: E402
+from .engine import Experiment, GenerationContext, RecursionResult, run_recursion  # noqa: E402
+from .plotting import band, band_tidy, finish, set_style  # noqa: E402
+from .regimes import Regime, parse_regime  # noqa: E402
+from .results import load_results, repo_root, results_root, run_dir, save_results  # noqa: E402
+from .seeding import derive_seed, make_rng, seed_everything  # noqa: E402
+
+__all__ = [
+    "Checker", "ParamError", "auto_run_name", "collect_params", "load_preset", "run_info",
+    "Experiment", "GenerationContext", "RecursionResult", "run_recursion",
+    "band", "band_tidy", "finish", "set_style", "Regime", "parse_regime",
+    "load_results", "repo_root", "results_root", "run_dir", "save_results",
+    "derive_seed", "make_rng", "seed_everything", "in_colab", "show_run_info",
+]
+
+
+def in_colab() -> bool:
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+def show_run_info(params: dict, chapter: str) -> None:
+    """Display (as Markdown) which preset and parameter values produced this page."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(run_info(params, chapter)))

@@ -1,0 +1,252 @@
+"""Chapters, presets and parameters.
+
+Every chapter notebook starts with a cell tagged ``parameters`` whose values are
+the ``cpu`` preset.  The presets live in ``collapse_utils/presets/<name>.yaml``,
+keyed by chapter id, and must name exactly the notebook's parameters (a test
+checks this).  ``run_info`` prints which preset and values produced a page.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "PRESETS", "CHAPTERS", "ParamError", "Chapter", "get_chapter", "load_preset", "preset_names",
+    "collect_params", "run_info", "auto_run_name", "Checker",
+]
+
+PRESETS = ("smoke", "cpu", "paper")
+PRESET_DIR = Path(__file__).with_name("presets")
+#: parameters every chapter has besides its own
+COMMON_PARAMS = ("preset", "run_name")
+
+
+class ParamError(ValueError):
+    """Invalid chapter parameters (raised before any compute)."""
+
+
+@dataclass(frozen=True)
+class Chapter:
+    id: str
+    slug: str
+    title: str
+    module: str  # provides validate_params(params)
+
+    @property
+    def notebook_md(self) -> Path:
+        from .results import repo_root
+
+        return repo_root(Path(__file__).parent) / "notebooks" / f"{self.slug}.md"
+
+    def validate(self, params: dict) -> None:
+        mod = importlib.import_module(self.module)
+        mod.validate_params(params)
+
+
+CHAPTERS: dict[str, Chapter] = {
+    c.id: c
+    for c in (
+        Chapter("01", "01_gaussian_theory", "Gaussians and discrete distributions: the theory",
+                "collapse_utils.gaussian"),
+        Chapter("02", "02_gaussian_mixtures", "Gaussian mixtures collapse", "collapse_utils.gmm"),
+        Chapter("03", "03_vae_mnist", "A VAE on MNIST forgets", "collapse_utils.vae"),
+        Chapter("04", "04_language_models", "Language models collapse", "collapse_utils.lm"),
+    )
+}
+
+
+def available_chapters() -> dict[str, Chapter]:
+    return {k: c for k, c in CHAPTERS.items() if c.notebook_md.exists()}
+
+
+def get_chapter(key: str) -> Chapter:
+    """Resolve '1', '01' or '01_gaussian_theory' to a chapter."""
+    avail = available_chapters()
+    k = str(key).strip()
+    for c in avail.values():
+        if k in (c.id, c.slug) or (k.isdigit() and int(k) == int(c.id)):
+            return c
+    choices = ", ".join(f"{c.id} ({c.slug})" for c in avail.values()) or "none"
+    raise ParamError(f"unknown chapter {key!r}; valid chapters: {choices}")
+
+
+def preset_names() -> tuple[str, ...]:
+    return PRESETS
+
+
+@lru_cache(maxsize=None)
+def _preset_file(chapter_id: str) -> dict:
+    path = PRESET_DIR / f"{chapter_id}.yaml"
+    if not path.exists():
+        raise ParamError(f"no preset file {path} for chapter {chapter_id}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_preset(name: str, chapter: str) -> dict:
+    """The parameter values of one chapter under one preset (a fresh dict).
+
+    Presets live in ``collapse_utils/presets/<chapter id>.yaml`` with one section per preset.
+    """
+    if name not in PRESETS:
+        raise ParamError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    ch = CHAPTERS[str(chapter).zfill(2)] if str(chapter).zfill(2) in CHAPTERS else get_chapter(chapter)
+    values = _preset_file(ch.id).get(name)
+    if values is None:
+        raise ParamError(f"preset file for chapter {ch.id} has no {name!r} section")
+    return json.loads(json.dumps(values))  # deep copy
+
+
+def collect_params(namespace: dict, chapter: str) -> dict:
+    """Pick the chapter's parameters out of a notebook's globals()."""
+    names = list(COMMON_PARAMS) + list(load_preset("cpu", chapter))
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ParamError(f"the parameters cell does not define {missing}")
+    return {n: namespace[n] for n in names}
+
+
+def auto_run_name(params: dict, chapter: str) -> str:
+    """``params['run_name']`` if set, else the preset name (+ a hash of any overrides)."""
+    if params.get("run_name"):
+        return str(params["run_name"])
+    preset = params.get("preset", "cpu")
+    try:
+        base = load_preset(preset, chapter)
+    except ParamError:
+        base = {}
+    diff = {k: v for k, v in params.items() if k not in COMMON_PARAMS and base.get(k) != v}
+    if not diff:
+        return str(preset)
+    h = hashlib.sha1(json.dumps(diff, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{preset}-custom-{h}"
+
+
+def run_info(params: dict, chapter: str) -> str:
+    """A Markdown block naming the preset, every parameter value, and the software used."""
+    preset = params.get("preset", "?")
+    try:
+        base = load_preset(preset, chapter)
+    except ParamError:
+        base = {}
+    rows = []
+    for k, v in params.items():
+        if k in COMMON_PARAMS:
+            continue
+        mark = "" if base.get(k) == v else " (changed from the preset)"
+        rows.append(f"| `{k}` | `{v!r}`{mark} |")
+    versions = []
+    for mod in ("numpy", "torch", "sklearn", "transformers"):
+        try:
+            versions.append(f"{mod} {importlib.import_module(mod).__version__}")
+        except Exception:
+            pass
+    from . import __version__
+
+    return "\n".join([
+        f"**This page was produced with the `{preset}` preset** "
+        f"(run name `{auto_run_name(params, chapter)}`) on {_dt.date.today().isoformat()}, "
+        f"Python {platform.python_version()}, collapse_utils {__version__}, {', '.join(versions)}.",
+        "",
+        "| parameter | value |",
+        "| --- | --- |",
+        *rows,
+    ])
+
+
+class Checker:
+    """Collects every problem with a parameter set, then raises one ParamError listing them all."""
+
+    def __init__(self, params: dict, chapter: str):
+        self.p = params
+        self.chapter = chapter
+        self.problems: list[str] = []
+
+    def _get(self, name):
+        if name not in self.p:
+            self.problems.append(f"missing parameter {name!r}")
+            return None
+        return self.p[name]
+
+    def int(self, name: str, lo: int | None = None, hi: int | None = None):
+        v = self._get(name)
+        if v is None:
+            return self
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.problems.append(f"{name} must be an integer, got {v!r}")
+        elif (lo is not None and v < lo) or (hi is not None and v > hi):
+            self.problems.append(f"{name} must lie in [{lo if lo is not None else '-inf'}, "
+                                 f"{hi if hi is not None else 'inf'}], got {v}")
+        return self
+
+    def float(self, name: str, lo: float | None = None, hi: float | None = None, open_lo=False, open_hi=False):
+        v = self._get(name)
+        if v is None:
+            return self
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            self.problems.append(f"{name} must be a number, got {v!r}")
+            return self
+        bad = (lo is not None and (v <= lo if open_lo else v < lo)) or (
+            hi is not None and (v >= hi if open_hi else v > hi))
+        if bad:
+            self.problems.append(f"{name} must lie in {'(' if open_lo else '['}{lo}, {hi}"
+                                 f"{')' if open_hi else ']'}, got {v}")
+        return self
+
+    def choice(self, name: str, choices):
+        v = self._get(name)
+        if v is not None and v not in choices:
+            self.problems.append(f"{name} must be one of {list(choices)}, got {v!r}")
+        return self
+
+    def ints(self, name: str, lo: int | None = None, nonempty: bool = True):
+        v = self._get(name)
+        if v is None:
+            return self
+        if not isinstance(v, (list, tuple)) or (nonempty and not v) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in v):
+            self.problems.append(f"{name} must be a non-empty list of integers, got {v!r}")
+        elif lo is not None and min(v) < lo:
+            self.problems.append(f"every entry of {name} must be >= {lo}, got {v!r}")
+        return self
+
+    def regimes(self, name: str):
+        from .regimes import parse_regime
+
+        v = self._get(name)
+        if v is None:
+            return self
+        if not isinstance(v, (list, tuple)) or not v:
+            self.problems.append(f"{name} must be a non-empty list of regimes, got {v!r}")
+            return self
+        for r in v:
+            try:
+                parse_regime(r)
+            except (ValueError, TypeError) as e:
+                self.problems.append(f"{name}: {e}")
+        return self
+
+    def check(self, cond: bool, message: str):
+        if not cond:
+            self.problems.append(message)
+        return self
+
+    def done(self) -> None:
+        from .results import _NAME_RE
+
+        rn = self.p.get("run_name")
+        if rn and not _NAME_RE.match(str(rn)):
+            self.problems.append(f"run_name {rn!r} may contain only letters, digits and _ . = + -")
+        pr = self.p.get("preset")
+        if pr is not None and pr not in PRESETS:
+            self.problems.append(f"preset must be one of {list(PRESETS)}, got {pr!r}")
+        if self.problems:
+            raise ParamError(f"invalid parameters for chapter {self.chapter}:\n  - " + "\n  - ".join(self.problems))

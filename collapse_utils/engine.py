@@ -1,0 +1,282 @@
+"""The recursion engine: fit, sample, measure, repeat.
+
+Every experiment in the book is the same loop.  Generation 0 is a model fitted
+to the real data; generation ``g + 1`` is a fresh model fitted to the training
+set that the :class:`~collapse_utils.regimes.Regime` assembles from the
+generation-``g`` model's samples (and, depending on the regime, real or earlier
+data).  An experiment supplies three methods:
+
+``fit(data, ctx) -> model``
+``sample(model, n, ctx) -> data``          ``n`` new samples
+``evaluate(model, composition, ctx) -> {metric: value}``
+
+where ``value`` is a float, or for experiments vectorised over seeds
+(``batched = True``; data shaped ``(n_seeds, n_samples, ...)``) an array with one
+value per seed.  The engine owns the generation loop, seeding (every random draw
+comes from ``ctx.rng(stream)``, which depends only on the seed, the generation and
+the stream), the data regime, a progress bar, per-generation checkpoints
+written atomically, resumption after an interruption, and the tidy results table.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .regimes import Composition, Regime, parse_regime
+from .seeding import derive_seed, make_rng
+
+__all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes"]
+
+CHECKPOINT_VERSION = 1
+TIDY_COLUMNS = ["experiment", "regime", "seed", "generation", "metric", "value"]
+
+
+class Experiment:
+    """Base class (duck typing is enough; this documents the protocol)."""
+
+    name: str = "experiment"
+    batched: bool = False
+
+    def fit(self, data: Any, ctx: GenerationContext) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sample(self, model: Any, n: int, ctx: GenerationContext) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def evaluate(self, model: Any, comp: Composition, ctx: GenerationContext) -> dict:  # pragma: no cover
+        return {}
+
+    # optional: state that must survive a resume (e.g. a generation-0 reference model)
+    def get_state(self) -> Any:
+        return None
+
+    def set_state(self, state: Any) -> None:
+        pass
+
+
+@dataclass
+class GenerationContext:
+    """What one generation's fit/sample/evaluate calls know about the run."""
+
+    seed: int
+    generation: int
+    seeds: tuple[int, ...] | None = None  # batched experiments: the seed of every row
+    artifact_dir: Path | None = None
+
+    def rng(self, stream: str = "sample") -> np.random.Generator:
+        return make_rng(self.seed, self.generation, stream)
+
+    def int_seed(self, stream: str = "fit") -> int:
+        return derive_seed(self.seed, self.generation, stream)
+
+
+@dataclass
+class RecursionResult:
+    """Tidy metrics (one row per seed x generation x metric) and the data bookkeeping."""
+
+    metrics: pd.DataFrame
+    bookkeeping: pd.DataFrame
+    models: dict[int, Any] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+    def wide(self) -> pd.DataFrame:
+        """Metrics as columns, one row per (seed, generation)."""
+        idx = [c for c in self.metrics.columns if c not in ("metric", "value")]
+        return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write a file so that a crash leaves either the old or the new version, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sizes_fn(sizes: int | Sequence[int] | Callable[[int], int] | None, n_real: int) -> Callable[[int], int]:
+    if sizes is None:
+        return lambda g: n_real
+    if callable(sizes):
+        return lambda g: int(sizes(g))
+    if isinstance(sizes, (int, np.integer)):
+        return lambda g: int(sizes)
+    seq = [int(s) for s in sizes]
+    return lambda g: seq[min(g, len(seq) - 1)]
+
+
+def _as_seed_values(value: Any, n_seeds: int, metric: str) -> np.ndarray:
+    arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=float).reshape(-1)
+    if arr.size == 1 and n_seeds > 1:
+        arr = np.repeat(arr, n_seeds)
+    if arr.size != n_seeds:
+        raise ValueError(f"metric {metric!r} returned {arr.size} values for {n_seeds} seed(s)")
+    return arr
+
+
+def run_recursion(
+    experiment: Experiment,
+    real: Any,
+    generations: int,
+    regime: str | Regime = "replace",
+    seed: int = 0,
+    seeds: Sequence[int] | None = None,
+    sizes: int | Sequence[int] | Callable[[int], int] | None = None,
+    record: Iterable[int] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = True,
+    keep_models: bool | Iterable[int] = False,
+    progress: bool = True,
+    columns: dict[str, Any] | None = None,
+) -> RecursionResult:
+    """Run ``generations`` rounds of fit -> sample -> compose after generation 0.
+
+    Parameters
+    ----------
+    experiment: object with ``fit``, ``sample``, ``evaluate`` (see the module docstring).
+    real: the real data (generation 0's training set); shape ``(n_seeds, n, ...)`` if batched.
+    generations: the last generation index; ``generations + 1`` models are fitted.
+    regime: ``"replace"``, ``"keep_real(0.1)"``, ``"accumulate"`` or ``"accumulate_subsample"``.
+    seed: the run's seed; every random draw derives from it.
+    seeds: batched experiments only: the seed label of each row of ``real`` (default ``seed, seed+1, ...``).
+    sizes: training-set size per generation ``g >= 1`` (int, sequence or function of g);
+        default: the size of the real data.  ``accumulate`` adds this many samples per generation.
+    record: generations at which ``evaluate`` runs (default: all); 0 and the last always are.
+    checkpoint_dir: where the run checkpoints (``state.pkl``) after each ``checkpoint_every``
+        generations and at the end; an existing checkpoint of the same run is resumed.
+    keep_models: keep fitted models in memory (True for all, or an iterable of generations).
+    columns: constant extra columns for the tidy table (the varied parameters).
+    """
+    regime = parse_regime(regime)
+    if int(generations) != generations or generations < 0:
+        raise ValueError(f"generations must be a non-negative integer, got {generations!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    generations = int(generations)
+    batched = bool(getattr(experiment, "batched", False))
+    n_real = int(real.shape[1] if batched else len(real))
+    if n_real < 1:
+        raise ValueError("the real data set is empty")
+    if batched:
+        seeds = tuple(range(seed, seed + real.shape[0])) if seeds is None else tuple(int(s) for s in seeds)
+        if len(seeds) != real.shape[0]:
+            raise ValueError(f"{len(seeds)} seed labels for {real.shape[0]} rows of real data")
+    else:
+        seeds = (int(seed),)
+    size_of = _sizes_fn(sizes, n_real)
+    for g in range(1, generations + 1):
+        n = size_of(g)
+        if n < 1:
+            raise ValueError(f"training-set size must be >= 1, got {n} at generation {g}")
+        if regime.name == "keep_real" and regime.n_real_kept(n) > n_real:
+            raise ValueError(f"keep_real needs {regime.n_real_kept(n)} real samples at generation {g}, "
+                             f"but the real data has {n_real}")
+    rec = set(range(generations + 1)) if record is None else {int(g) for g in record if 0 <= g <= generations}
+    rec |= {0, generations}
+    if keep_models is True:
+        keep = set(range(generations + 1))
+    elif keep_models is False:
+        keep = set()
+    else:
+        keep = {int(g) for g in keep_models}
+    name = getattr(experiment, "name", type(experiment).__name__)
+    extra = dict(columns or {})
+
+    ckpt_path = Path(checkpoint_dir) / "state.pkl" if checkpoint_dir is not None else None
+    fingerprint = hashlib.sha256(
+        repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()))).encode()
+    ).hexdigest()[:16]
+
+    records: list[tuple[int, str, np.ndarray]] = []
+    books: list[dict] = []
+    models: dict[int, Any] = {}
+    start = 0
+    comp = regime.start(real, batched)
+    resumed_from = None
+    if ckpt_path is not None and ckpt_path.exists() and resume:
+        try:
+            state = pickle.loads(ckpt_path.read_bytes())
+        except Exception as exc:  # a truncated or foreign file
+            raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it to start afresh") from exc
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+            raise RuntimeError(
+                f"checkpoint {ckpt_path} belongs to a different run (experiment, regime, seed or data "
+                "differ); delete it, pass another checkpoint_dir, or resume=False"
+            )
+        start = state["next_generation"]
+        comp, records, books, models = state["composition"], state["records"], state["books"], state["models"]
+        experiment.set_state(state["experiment_state"]) if hasattr(experiment, "set_state") else None
+        resumed_from = start
+
+    def save(next_generation: int) -> None:
+        if ckpt_path is None:
+            return
+        state = {
+            "version": CHECKPOINT_VERSION,
+            "fingerprint": fingerprint,
+            "next_generation": next_generation,
+            "composition": comp,
+            "records": records,
+            "books": books,
+            "models": models,
+            "experiment_state": experiment.get_state() if hasattr(experiment, "get_state") else None,
+        }
+        atomic_write_bytes(ckpt_path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    bar = tqdm(range(start, generations + 1), desc=f"{name} [{regime}]", disable=not progress,
+               initial=start, total=generations + 1, leave=False)
+    for g in bar:
+        ctx = GenerationContext(seed=int(seed), generation=g, seeds=seeds if batched else None,
+                                artifact_dir=Path(checkpoint_dir) / f"gen_{g:04d}" if checkpoint_dir else None)
+        model = experiment.fit(comp.data, ctx)
+        books.append({"generation": g, "n_train": comp.n_total, "n_real": comp.n_real,
+                      "n_synthetic": comp.n_synthetic, "real_fraction": comp.real_fraction})
+        if g in rec:
+            for metric, value in (experiment.evaluate(model, comp, ctx) or {}).items():
+                records.append((g, metric, _as_seed_values(value, len(seeds), metric)))
+        if g in keep:
+            models[g] = model
+        if g < generations:
+            n_next = size_of(g + 1)
+            synthetic = experiment.sample(model, regime.n_synthetic(n_next), ctx)
+            comp = regime.compose(real, comp, synthetic, n_next, make_rng(seed, g + 1, "regime"), batched)
+            if (g + 1 - start) % checkpoint_every == 0:
+                save(g + 1)
+        else:
+            save(g + 1)
+    bar.close()
+
+    seed_arr = np.asarray(seeds)
+    frames = [
+        pd.DataFrame({"seed": seed_arr, "generation": g, "metric": m, "value": v}) for g, m, v in records
+    ]
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=TIDY_COLUMNS[2:])
+    metrics.insert(0, "regime", str(regime))
+    metrics.insert(0, "experiment", name)
+    for k, v in extra.items():
+        metrics[k] = v
+    book = pd.DataFrame(books)
+    book.insert(0, "regime", str(regime))
+    book.insert(0, "experiment", name)
+    for k, v in extra.items():
+        book[k] = v
+    return RecursionResult(metrics=metrics, bookkeeping=book, models=models, resumed_from=resumed_from)

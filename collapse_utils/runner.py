@@ -1,0 +1,189 @@
+"""Execute chapters with papermill and build the book.
+
+``python -m collapse_utils run 01 --preset smoke -p generations=10``
+``python -m collapse_utils book --preset cpu``
+``python -m collapse_utils list``
+
+The reviewed source of a chapter is ``notebooks/NN_name.md`` (jupytext MyST).  It
+is converted in memory and executed by papermill into ``book/_generated/`` (never
+in place), with the preset's values injected after the ``parameters`` cell.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import COMMON_PARAMS, PRESETS, ParamError, available_chapters, get_chapter, load_preset
+from .results import repo_root
+
+__all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults"]
+
+
+def _read_md(chapter):
+    import jupytext
+
+    path = chapter.notebook_md
+    if not path.exists():
+        raise ParamError(f"chapter source {path} is missing")
+    return jupytext.read(path)
+
+
+def notebook_defaults(nb) -> dict:
+    """The values assigned in the cell tagged ``parameters``."""
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ParamError(f"a chapter needs exactly one cell tagged 'parameters', found {len(cells)}")
+    ns: dict = {}
+    exec(compile(cells[0].source, "<parameters>", "exec"), {}, ns)  # literal assignments only
+    return {k: v for k, v in ns.items() if not k.startswith("_")}
+
+
+def _parse_value(raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _compatible(default, value) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) == isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | None = None) -> tuple:
+    """(chapter, params): defaults <- preset <- overrides, validated; raises ParamError."""
+    chapter = get_chapter(chapter_key)
+    if preset not in PRESETS:
+        raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    nb = _read_md(chapter)
+    defaults = notebook_defaults(nb)
+    valid = sorted(defaults)
+    params = dict(defaults)
+    preset_values = load_preset(preset, chapter.id)
+    stray = sorted(set(preset_values) - set(defaults))
+    if stray:
+        raise ParamError(f"preset {preset!r} sets {stray}, which chapter {chapter.id} does not have")
+    params.update(preset_values)
+    params["preset"] = preset
+    if isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = []
+        for item in overrides or []:
+            if "=" not in item:
+                raise ParamError(f"parameter override {item!r} must look like name=value")
+            k, v = item.split("=", 1)
+            items.append((k.strip(), _parse_value(v)))
+    for k, v in items:
+        if k not in defaults:
+            raise ParamError(f"unknown parameter {k!r} for chapter {chapter.id}; valid parameters: "
+                             f"{', '.join(n for n in valid if n not in COMMON_PARAMS)}, run_name")
+        if not _compatible(defaults[k], v):
+            raise ParamError(f"parameter {k}={v!r} has the wrong type; expected "
+                             f"{type(defaults[k]).__name__} like the default {defaults[k]!r}")
+        params[k] = v
+    chapter.validate(params)
+    return chapter, params
+
+
+def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, output_dir: str | Path | None = None,
+                    progress: bool = False, log_output: bool = False) -> Path:
+    """Run one chapter through papermill; return the executed notebook's path."""
+    import jupytext
+    import papermill as pm
+
+    chapter, params = resolve_params(chapter_key, preset, overrides)
+    root = repo_root(Path(__file__).parent)
+    out_dir = Path(output_dir) if output_dir else root / "book" / "_generated"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{chapter.slug}.ipynb"
+    nb = _read_md(chapter)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    env_backup = dict(os.environ)
+    os.environ.setdefault("COLLAPSE_RESULTS_DIR", str(root / "results"))
+    if not progress:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* overrides; keeps rendered pages clean
+    os.environ.setdefault("PYTHONPATH", str(root))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = Path(tmp) / f"{chapter.slug}.ipynb"
+            jupytext.write(nb, src)
+            t0 = time.time()
+            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
+                                cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
+            print(f"chapter {chapter.id} ({preset}) executed in {time.time() - t0:.1f}s -> {out}")
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+    return out
+
+
+def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True) -> Path:
+    root = repo_root(Path(__file__).parent)
+    keys = list(chapters or available_chapters())
+    if execute:
+        for key in keys:
+            execute_chapter(key, preset)
+    missing = [c.slug for c in available_chapters().values()
+               if not (root / "book" / "_generated" / f"{c.slug}.ipynb").exists()]
+    if missing:
+        raise ParamError(f"executed notebooks missing for {missing}; run them first")
+    cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
+           "build", str(root)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    print("$", " ".join(cmd))
+    subprocess.run(cmd, check=True, cwd=root)
+    html = root / "_build" / "html" / "index.html"
+    print(f"book built: {html}")
+    return html
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m collapse_utils", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute one chapter with papermill into book/_generated/")
+    r.add_argument("chapter")
+    r.add_argument("--preset", default="cpu")
+    r.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE")
+    r.add_argument("--output-dir", default=None)
+    r.add_argument("--progress", action="store_true", help="show papermill's and tqdm's progress bars")
+    b = sub.add_parser("book", help="execute every chapter and build the HTML book into _build/html")
+    b.add_argument("--preset", default="cpu")
+    b.add_argument("--chapters", nargs="*", default=None)
+    b.add_argument("--no-execute", action="store_true", help="only build from existing executed notebooks")
+    sub.add_parser("list", help="list chapters, presets and parameters")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "run":
+            execute_chapter(a.chapter, a.preset, a.param, a.output_dir, progress=a.progress)
+        elif a.cmd == "book":
+            build_book(a.preset, a.chapters, execute=not a.no_execute)
+        else:
+            for c in available_chapters().values():
+                print(f"{c.id}  {c.slug}: {c.title}")
+                print(f"    parameters: {', '.join(sorted(load_preset('cpu', c.id)))}")
+            print(f"presets: {', '.join(PRESETS)}")
+    except ParamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"error: {' '.join(map(str, e.cmd))} failed with exit status {e.returncode}", file=sys.stderr)
+        return 1
+    return 0
