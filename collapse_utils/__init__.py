@@ -5,7 +5,9 @@ short calls; everything with logic lives here, where it is tested.
 """
 __version__ = "0.1.0"
 
-from .config import Checker, ParamError, auto_run_name, collect_params, load_preset, run_info  # noqa: E402
+from .config import (  # noqa: E402
+    Checker, ChapterRun, ParamError, auto_run_name, collect_params, load_preset, run_info, start_chapter,
+)
 from .engine import Experiment, GenerationContext, RecursionResult, run_recursion  # noqa: E402
 from .plotting import band, band_tidy, finish, set_style  # noqa: E402
 from .regimes import Regime, parse_regime  # noqa: E402
@@ -13,7 +15,7 @@ from .results import load_results, repo_root, results_root, run_dir, save_result
 from .seeding import derive_seed, make_rng, seed_everything  # noqa: E402
 
 __all__ = [
-    "Checker", "ParamError", "auto_run_name", "collect_params", "load_preset", "run_info",
+    "Checker", "ChapterRun", "start_chapter", "ParamError", "auto_run_name", "collect_params", "load_preset", "run_info",
     "Experiment", "GenerationContext", "RecursionResult", "run_recursion",
     "band", "band_tidy", "finish", "set_style", "Regime", "parse_regime",
     "load_results", "repo_root", "results_root", "run_dir", "save_results",

@@ -21,7 +21,7 @@ import yaml
 
 __all__ = [
     "PRESETS", "CHAPTERS", "ParamError", "Chapter", "get_chapter", "load_preset", "preset_names",
-    "collect_params", "run_info", "auto_run_name", "Checker",
+    "collect_params", "run_info", "auto_run_name", "Checker", "start_chapter", "ChapterRun",
 ]
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -160,6 +160,46 @@ def run_info(params: dict, chapter: str) -> str:
         "| --- | --- |",
         *rows,
     ])
+
+
+@dataclass
+class ChapterRun:
+    """What a chapter notebook needs after its parameters cell: validated params and a results folder."""
+
+    chapter: Chapter
+    params: dict
+    run_name: str
+
+    @property
+    def dir(self) -> Path:
+        from .results import run_dir
+
+        return run_dir(self.chapter.slug, self.run_name)
+
+    def save(self, metrics, tables=None) -> Path:
+        """Write results/<chapter>/<run-name>/metrics.csv (+ params.json, extra tables)."""
+        from .results import save_results
+
+        return save_results(self.chapter.slug, self.run_name, metrics, self.params, tables)
+
+
+def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRun:
+    """Collect and validate a notebook's parameters (one clear error before any compute),
+    print which preset and values produced the page, apply the book's plot style."""
+    ch = CHAPTERS[str(chapter).zfill(2)]
+    params = collect_params(namespace, ch.id)
+    ch.validate(params)
+    if show:
+        try:
+            from IPython.display import Markdown, display
+
+            display(Markdown(run_info(params, ch.id)))
+        except ImportError:  # pragma: no cover
+            print(run_info(params, ch.id))
+    from .plotting import set_style
+
+    set_style()
+    return ChapterRun(ch, params, auto_run_name(params, ch.id))
 
 
 class Checker:
