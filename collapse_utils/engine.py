@@ -56,6 +56,10 @@ class Experiment:
     def evaluate(self, model: Any, comp: Composition, ctx: GenerationContext) -> dict:  # pragma: no cover
         return {}
 
+    # optional: return True once further generations cannot change anything (the run then ends early)
+    def should_stop(self, model: Any, ctx: GenerationContext) -> bool:
+        return False
+
     # optional: state that must survive a resume (e.g. a generation-0 reference model)
     def get_state(self) -> Any:
         return None
@@ -248,13 +252,17 @@ def run_recursion(
         ctx = GenerationContext(seed=int(seed), generation=g, seeds=seeds if batched else None,
                                 artifact_dir=Path(checkpoint_dir) / f"gen_{g:04d}" if checkpoint_dir else None)
         model = experiment.fit(comp.data, ctx)
+        stop = g < generations and bool(getattr(experiment, "should_stop", lambda m, c: False)(model, ctx))
         books.append({"generation": g, "n_train": comp.n_total, "n_real": comp.n_real,
                       "n_synthetic": comp.n_synthetic, "real_fraction": comp.real_fraction})
-        if g in rec:
+        if g in rec or stop:
             for metric, value in (experiment.evaluate(model, comp, ctx) or {}).items():
                 records.append((g, metric, _as_seed_values(value, len(seeds), metric)))
         if g in keep:
             models[g] = model
+        if stop:  # the experiment says nothing can change any more (e.g. every run absorbed)
+            save(generations + 1)
+            break
         if g < generations:
             n_next = size_of(g + 1)
             synthetic = experiment.sample(model, regime.n_synthetic(n_next), ctx)

@@ -19,7 +19,7 @@ shape ``(n_seeds, n_samples, ...)``; then every seed draws its own random subset
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,8 +86,8 @@ class Composition:
     data: Any
     n_real: int
     n_synthetic: int
-    pool: list = field(default_factory=list)  # only the accumulate regimes keep one
-    pool_is_real: list = field(default_factory=list)
+    pool: Any = None  # the accumulate regimes: all real + synthetic data so far (real first)
+    pool_real: int = 0  # how many samples at the front of the pool are real
 
     @property
     def n_total(self) -> int:
@@ -133,8 +133,8 @@ class Regime:
     def start(self, real: Any, batched: bool = False) -> Composition:
         """Generation 0: the real data."""
         n = _n(real, batched)
-        pool = [real] if self.name.startswith("accumulate") else []
-        return Composition(real, n, 0, pool, [True] * len(pool))
+        pool = real if self.name.startswith("accumulate") else None
+        return Composition(real, n, 0, pool, n if pool is not None else 0)
 
     def compose(
         self,
@@ -160,21 +160,16 @@ class Regime:
                 raise ValueError(f"keep_real needs {k} real samples but only {n_real_avail} exist")
             idx = _choice(rng, n_real_avail, k, seeds)
             return Composition(_cat([_take(real, idx, batched), synthetic], batched), k, n_syn)
-        pool = list(previous.pool) + [synthetic]
-        is_real = list(previous.pool_is_real) + [False]
-        sizes = [_n(c, batched) for c in pool]
+        pool = _cat([previous.pool, synthetic], batched)
+        n_pool, n_real_pool = _n(pool, batched), previous.pool_real
         if self.name == "accumulate":
-            n_real = sum(s for s, r in zip(sizes, is_real) if r)
-            return Composition(_cat(pool, batched), n_real, sum(sizes) - n_real, pool, is_real)
-        # accumulate_subsample: a budget of n_target drawn from the whole pool
-        total = sum(sizes)
-        k = min(n_target, total)
-        idx = _choice(rng, total, k, seeds)
-        real_mask = np.concatenate([np.full(s, r) for s, r in zip(sizes, is_real)])
+            return Composition(pool, n_real_pool, n_pool - n_real_pool, pool, n_real_pool)
+        # accumulate_subsample: a budget of n_target drawn without replacement from the whole pool
+        k = min(n_target, n_pool)
+        idx = _choice(rng, n_pool, k, seeds)
         # with per-seed draws the real share differs between seeds; report the mean count
-        n_real = int(round(real_mask[idx].sum(axis=-1).mean())) if batched else int(real_mask[idx].sum())
-        data = _take(_cat(pool, batched), idx, batched)
-        return Composition(data, n_real, k - n_real, pool, is_real)
+        n_real = int(round(float((idx < n_real_pool).sum(axis=-1).mean())))
+        return Composition(_take(pool, idx, batched), n_real, k - n_real, pool, n_real_pool)
 
 
 _REGIME_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([0-9.eE+-]+)\s*\))?\s*$")

@@ -1,0 +1,196 @@
+r"""Chapter 01, discrete part: a categorical distribution refitted by counts.
+
+With an exact fit (the empirical frequencies) only sampling error acts.  The
+chain over fitted distributions is a neutral Wright-Fisher process: every state
+that draws no sample is lost for good, the tail goes first, and each run is
+absorbed in a delta function, on state ``s`` with probability equal to ``s``'s
+original probability (the frequencies are a martingale).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .engine import Experiment, GenerationContext
+
+__all__ = ["zipf_probs", "CategoricalExperiment", "wilson_interval", "sample_categorical"]
+
+
+def zipf_probs(k: int, exponent: float) -> np.ndarray:
+    """A long-tailed categorical distribution p_s proportional to 1 / s^exponent, s = 1..k."""
+    if k < 2:
+        raise ValueError(f"need at least 2 states, got {k}")
+    if exponent <= 0:
+        raise ValueError(f"exponent must be positive, got {exponent}")
+    w = 1.0 / np.arange(1, k + 1) ** exponent
+    return w / w.sum()
+
+
+def sample_categorical(p: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n draws per row of p (shape (n_seeds, k)) by one vectorised inverse-CDF search."""
+    s, k = p.shape
+    cdf = np.cumsum(p, axis=1)
+    cdf[:, -1] = 1.0
+    rows = np.arange(s, dtype=float)[:, None]
+    u = rng.random((s, n))
+    idx = np.searchsorted((cdf + rows).ravel(), (u + rows).ravel(), side="right").reshape(s, n)
+    return (idx - (rows.astype(np.int64) * k)).clip(0, k - 1)
+
+
+class CategoricalExperiment(Experiment):
+    """Refit a categorical distribution by counts, for many seeds at once (data: (n_seeds, M) state ids)."""
+
+    batched = True
+    name = "categorical"
+
+    def __init__(self, p0: np.ndarray, tail_cut: float | None = None):
+        self.p0 = np.asarray(p0, dtype=float)
+        self.k = len(self.p0)
+        self.tail = self.p0 <= (tail_cut if tail_cut is not None else 0.0)
+        self.extinct_at: np.ndarray | None = None   # (n_seeds, k): generation a state first had no mass
+        self.absorbed_at: np.ndarray | None = None  # (n_seeds,): generation the run became a delta
+        self.absorbed_state: np.ndarray | None = None
+
+    def real(self, n_seeds: int, m: int, seed: int) -> np.ndarray:
+        from .seeding import make_rng
+
+        return sample_categorical(np.tile(self.p0, (n_seeds, 1)), m, make_rng(seed, 0, "data"))
+
+    def fit(self, data: np.ndarray, ctx: GenerationContext) -> np.ndarray:
+        s, m = data.shape
+        offs = (np.arange(s)[:, None] * self.k + data).ravel()
+        p = np.bincount(offs, minlength=s * self.k).reshape(s, self.k) / m
+        if self.extinct_at is None:
+            self.extinct_at = np.full((s, self.k), -1, dtype=np.int64)
+            self.absorbed_at = np.full(s, -1, dtype=np.int64)
+            self.absorbed_state = np.full(s, -1, dtype=np.int64)
+        dead = (p == 0) & (self.extinct_at < 0)
+        self.extinct_at[dead] = ctx.generation
+        newly = ((p > 0).sum(axis=1) == 1) & (self.absorbed_at < 0)
+        self.absorbed_at[newly] = ctx.generation
+        self.absorbed_state[newly] = p[newly].argmax(axis=1)
+        return p
+
+    def sample(self, model: np.ndarray, n: int, ctx: GenerationContext) -> np.ndarray:
+        return sample_categorical(model, n, ctx.rng("sample"))
+
+    def should_stop(self, model, ctx) -> bool:
+        return bool((self.absorbed_at >= 0).all())
+
+    def evaluate(self, model: np.ndarray, comp, ctx: GenerationContext) -> dict:
+        out = {
+            "support": (model > 0).sum(axis=1),
+            "tail_mass": model[:, self.tail].sum(axis=1) if self.tail.any() else np.zeros(len(model)),
+            "max_prob": model.max(axis=1),
+        }
+        return out
+
+    def get_state(self):
+        return (self.extinct_at, self.absorbed_at, self.absorbed_state)
+
+    def set_state(self, state) -> None:
+        self.extinct_at, self.absorbed_at, self.absorbed_state = state
+
+
+def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for a binomial proportion k/n (vectorised)."""
+    from scipy import stats
+
+    k = np.asarray(k, dtype=float)
+    n = np.asarray(n, dtype=float)
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = k / n
+    den = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / den
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    return centre - half, centre + half
+
+
+def run_discrete(p: dict, progress: bool = True):
+    """The chapter-01 categorical study: refit a Zipf distribution by counts until every run is absorbed."""
+    import pandas as pd
+
+    from .engine import run_recursion
+    from .gaussian import record_generations
+
+    p0 = zipf_probs(p["discrete_states"], p["discrete_zipf"])
+    m, n_seeds, seed = p["discrete_m"], p["discrete_seeds"], p["seed"]
+    ex = CategoricalExperiment(p0, tail_cut=1.0 / m)
+    res = run_recursion(ex, ex.real(n_seeds, m, seed), p["discrete_max_generations"], seed=seed,
+                        record=record_generations(p["discrete_max_generations"]), progress=progress,
+                        columns={"study": "discrete", "M": m})
+    last = int(res.bookkeeping.generation.max())
+    seeds = np.arange(seed, seed + n_seeds)
+    final = pd.DataFrame({
+        "experiment": ex.name, "regime": "replace", "seed": np.repeat(seeds, 2), "generation": last,
+        "metric": np.tile(["absorbed_state", "absorption_generation"], n_seeds),
+        "value": np.column_stack([ex.absorbed_state, ex.absorbed_at]).ravel().astype(float),
+        "study": "discrete", "M": m,
+    })
+    extinction = pd.DataFrame({
+        "seed": np.repeat(seeds, len(p0)), "state": np.tile(np.arange(len(p0)), n_seeds),
+        "p0": np.tile(p0, n_seeds), "extinct_at": ex.extinct_at.ravel(),
+    })
+    return ex, pd.concat([res.metrics, final], ignore_index=True), extinction
+
+
+def absorption_table(ex: CategoricalExperiment, level: float = 0.95):
+    """Per state: original probability, absorption count and frequency with a Wilson interval."""
+    import pandas as pd
+
+    done = ex.absorbed_state >= 0
+    n = int(done.sum())
+    counts = np.bincount(ex.absorbed_state[done], minlength=ex.k)
+    lo, hi = wilson_interval(counts, n, level)
+    return pd.DataFrame({"state": np.arange(ex.k), "p0": ex.p0, "absorbed": counts, "runs": n,
+                         "frequency": counts / n, "ci_low": lo, "ci_high": hi,
+                         "inside_ci": (ex.p0 >= lo) & (ex.p0 <= hi)})
+
+
+def survival_curves(ex: CategoricalExperiment, generations: np.ndarray) -> np.ndarray:
+    """(len(generations), k): share of runs in which each state still has mass at each generation."""
+    ext = np.where(ex.extinct_at < 0, np.iinfo(np.int64).max, ex.extinct_at)
+    return (ext[None, :, :] > np.asarray(generations)[:, None, None]).mean(axis=1)
+
+
+def plot_survival(ex: CategoricalExperiment, max_generation: int):
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    from .plotting import finish
+
+    g = np.unique(np.round(np.logspace(0, np.log10(max(max_generation, 2)), 200)).astype(int))
+    surv = survival_curves(ex, g)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    norm = mpl.colors.LogNorm(ex.p0.min(), ex.p0.max())
+    cmap = mpl.colormaps["viridis"]
+    for s in range(ex.k):
+        axes[0].plot(g, surv[:, s], color=cmap(norm(ex.p0[s])), lw=1.4)
+    axes[0].set_xscale("log")
+    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0], label="original probability $q_s$")
+    finish(axes[0], "generation $g$", "share of runs where state $s$ survives", legend=False)
+    t = ex.absorbed_at[ex.absorbed_at >= 0]
+    axes[1].hist(t, bins=40, color="grey")
+    axes[1].axvline(np.median(t), color="k", ls="--", label=f"median {np.median(t):.0f}")
+    finish(axes[1], "generation of absorption in a delta", "runs")
+    fig.tight_layout()
+    return fig
+
+
+def plot_absorption(table):
+    import matplotlib.pyplot as plt
+
+    from .plotting import finish
+
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    err = np.vstack([table.frequency - table.ci_low, table.ci_high - table.frequency])
+    ax.errorbar(table.p0, table.frequency, yerr=err, fmt="o", ms=4, capsize=2, label="absorbed there (95 % Wilson CI)")
+    lim = [table.p0.min() * 0.5, max(table.p0.max(), table.ci_high.max()) * 1.3]
+    ax.plot(lim, lim, "k--", lw=1, label="theory: frequency = $q_s$")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # a state no run was absorbed in has frequency 0 and is not drawn
+    ax.set_xlim(lim)
+    ax.set_ylim(lim)
+    finish(ax, "original probability $q_s$ of state $s$", "share of runs absorbed in state $s$",
+           f"{int(table.runs.iloc[0])} runs")
+    fig.tight_layout()
+    return fig
