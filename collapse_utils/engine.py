@@ -99,6 +99,10 @@ class RecursionResult:
         return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write a file so that a crash leaves either the old or the new version, never half of one."""
     path = Path(path)
@@ -109,6 +113,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -228,13 +233,24 @@ def run_recursion(
             )
         start = state["next_generation"]
         comp, records, books, models = state["composition"], state["records"], state["books"], state["models"]
+        if state.get("complete") and start <= generations:
+            # a finished run is being extended: its last model was never sampled from, so refit that
+            # generation (deterministically the same model) and continue from there
+            start -= 1
+            records = [r for r in records if r[0] < start]
+            books = [b for b in books if b["generation"] < start]
+        elif start > generations + 1:  # asked for fewer generations than were run: report those
+            records = [r for r in records if r[0] <= generations]
+            books = [b for b in books if b["generation"] <= generations]
+            start = generations + 1
         experiment.set_state(state["experiment_state"]) if hasattr(experiment, "set_state") else None
         resumed_from = start
 
-    def save(next_generation: int) -> None:
+    def save(next_generation: int, complete: bool = False) -> None:
         if ckpt_path is None:
             return
         state = {
+            "complete": complete,
             "version": CHECKPOINT_VERSION,
             "fingerprint": fingerprint,
             "next_generation": next_generation,
@@ -261,7 +277,7 @@ def run_recursion(
         if g in keep:
             models[g] = model
         if stop:  # the experiment says nothing can change any more (e.g. every run absorbed)
-            save(generations + 1)
+            save(generations + 1, complete=False)
             break
         if g < generations:
             n_next = size_of(g + 1)
@@ -270,7 +286,7 @@ def run_recursion(
             if (g + 1 - start) % checkpoint_every == 0:
                 save(g + 1)
         else:
-            save(g + 1)
+            save(g + 1, complete=True)
     bar.close()
 
     seed_arr = np.asarray(seeds)

@@ -456,3 +456,23 @@ def plot_draws_vs_exact(df):
            f"M = {int(sub.M.iloc[0])}, MLE: literal draws vs sufficient statistics")
     fig.tight_layout()
     return fig
+
+
+def summary(df, generations: int):
+    """One row per (M, estimator) at the last generation: simulation next to theory."""
+    import pandas as pd
+
+    main = df[df.study == "main"]
+    rows = []
+    for (m, est), sub in main.groupby(["M", "estimator"]):
+        g, mu = seed_matrix(sub, "mu")
+        _, s2 = seed_matrix(sub, "sigma2")
+        th = theory_for(df, int(m), est, generations)
+        w2 = w2_squared(mu[-1], s2[-1])
+        rows.append({"M": int(m), "estimator": est, "generation": int(g[-1]),
+                     "Var(mu) sim": mu[-1].var(ddof=1), "Var(mu) theory": th["var_mu"][-1],
+                     "mean sigma2 sim": s2[-1].mean(), "E[sigma2] theory": th["E_sigma2"][-1],
+                     "median sigma2 sim": np.median(s2[-1]),
+                     "median sigma2 theory": float(np.exp(th["log_sigma2_mean"][-1])),
+                     "mean W2^2 sim": w2.mean(), "E[W2^2] theory": th["E_w2"][-1]})
+    return pd.DataFrame(rows).set_index(["M", "estimator"])

@@ -1,0 +1,132 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_utils.engine import Experiment, run_recursion
+
+
+class Scalar(Experiment):
+    """A tiny non-batched experiment: fit = sample mean, sample = normal draws around it."""
+
+    name = "scalar"
+
+    def __init__(self, crash_at=None):
+        self.crash_at = crash_at
+        self.fits = []
+
+    def fit(self, data, ctx):
+        if ctx.generation == self.crash_at:
+            raise KeyboardInterrupt("simulated interruption")
+        self.fits.append(ctx.generation)
+        return float(np.mean(data))
+
+    def sample(self, model, n, ctx):
+        return model + ctx.rng("sample").standard_normal(n)
+
+    def evaluate(self, model, comp, ctx):
+        return {"mean": model, "n": comp.n_total}
+
+
+def real(n=50):
+    return np.random.default_rng(123).standard_normal(n)
+
+
+@pytest.mark.parametrize("regime", ["replace", "keep_real(0.1)", "accumulate", "accumulate_subsample"])
+def test_deterministic_under_seed(regime):
+    a = run_recursion(Scalar(), real(), 8, regime, seed=3, progress=False).metrics
+    b = run_recursion(Scalar(), real(), 8, regime, seed=3, progress=False).metrics
+    c = run_recursion(Scalar(), real(), 8, regime, seed=4, progress=False).metrics
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.value.equals(c.value)
+
+
+def test_tidy_table_and_bookkeeping():
+    res = run_recursion(Scalar(), real(40), 5, "keep_real(0.25)", seed=0, progress=False, columns={"M": 40})
+    m = res.metrics
+    assert list(m.columns[:6]) == ["experiment", "regime", "seed", "generation", "metric", "value"]
+    assert set(m.metric) == {"mean", "n"} and (m.M == 40).all() and (m.regime == "keep_real(0.25)").all()
+    assert sorted(m.generation.unique()) == list(range(6))
+    bk = res.bookkeeping.set_index("generation")
+    assert bk.loc[0, "real_fraction"] == 1.0 and (bk.loc[1:, "n_real"] == 10).all()
+    assert (bk.n_train == 40).all()
+
+
+def test_sizes_schedule_and_record_subset():
+    res = run_recursion(Scalar(), real(10), 6, seed=0, sizes=lambda g: 10 * (g + 1), record=[3], progress=False)
+    assert sorted(res.metrics.generation.unique()) == [0, 3, 6]
+    assert res.bookkeeping.n_train.tolist() == [10 * (g + 1) for g in range(7)]
+
+
+def test_resume_after_interruption_loses_nothing(tmp_path):
+    full = run_recursion(Scalar(), real(), 10, "keep_real(0.2)", seed=1, progress=False).metrics
+    with pytest.raises(KeyboardInterrupt):
+        run_recursion(Scalar(crash_at=6), real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path,
+                      progress=False)
+    assert (tmp_path / "state.pkl").exists()
+    again = Scalar()
+    res = run_recursion(again, real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from == 6 and again.fits == list(range(6, 11))  # finished generations not redone
+    pd.testing.assert_frame_equal(res.metrics, full)
+    # a finished run resumes to the same table without fitting anything
+    third = Scalar()
+    res3 = run_recursion(third, real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path, progress=False)
+    assert third.fits == [] and res3.metrics.equals(full)
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    full = run_recursion(Scalar(), real(), 8, seed=2, progress=False).metrics
+    run_recursion(Scalar(), real(), 5, seed=2, checkpoint_dir=tmp_path, progress=False)
+    ext = run_recursion(Scalar(), real(), 8, seed=2, checkpoint_dir=tmp_path, progress=False).metrics
+    pd.testing.assert_frame_equal(ext, full)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    run_recursion(Scalar(), real(), 2, seed=1, checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(RuntimeError, match="different run"):
+        run_recursion(Scalar(), real(), 2, seed=2, checkpoint_dir=tmp_path, progress=False)
+    (tmp_path / "state.pkl").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        run_recursion(Scalar(), real(), 2, seed=1, checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"generations": -1}, "generations"),
+    ({"generations": 2.5}, "generations"),
+    ({"regime": "keep_real(2)"}, "fraction"),
+    ({"regime": "bogus"}, "valid regimes"),
+    ({"sizes": 0}, "size"),
+    ({"regime": "keep_real(0.5)", "sizes": 500}, "real samples"),
+    ({"checkpoint_every": 0}, "checkpoint_every"),
+])
+def test_bad_arguments_fail_before_any_fit(kwargs, match):
+    ex = Scalar()
+    args = {"generations": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        run_recursion(ex, real(), progress=False, **args)
+    assert ex.fits == []
+
+
+def test_batched_metric_shape_is_checked():
+    class Bad(Experiment):
+        batched = True
+
+        def fit(self, data, ctx):
+            return data.mean(axis=1)
+
+        def sample(self, model, n, ctx):
+            return np.zeros((len(model), n))
+
+        def evaluate(self, model, comp, ctx):
+            return {"x": model[:2]}
+
+    with pytest.raises(ValueError, match="2 values for 5 seed"):
+        run_recursion(Bad(), np.zeros((5, 10)), 1, progress=False)
+
+
+def test_should_stop_ends_the_run_early():
+    class Stops(Scalar):
+        def should_stop(self, model, ctx):
+            return ctx.generation == 4
+
+    res = run_recursion(Stops(), real(), 50, seed=0, record=[], progress=False)
+    assert res.bookkeeping.generation.max() == 4 and res.metrics.generation.max() == 4
