@@ -5,6 +5,11 @@ short calls; everything with logic lives here, where it is tested.
 """
 __version__ = "0.1.0"
 
+import warnings as _warnings
+
+# tqdm.auto falls back to text bars where ipywidgets is missing; the warning about it is noise
+_warnings.filterwarnings("ignore", message="IProgress not found")
+
 from .config import (  # noqa: E402
     Checker, ChapterRun, ParamError, auto_run_name, collect_params, load_preset, run_info, start_chapter,
 )

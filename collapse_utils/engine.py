@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
 
-__all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes"]
+__all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
+           "progress_disabled"]
+
+
+def progress_disabled(progress: bool = True) -> bool:
+    """True when progress bars are off: asked for, or TQDM_DISABLE set (the runner sets it for rendered pages)."""
+    return (not progress) or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
 
 CHECKPOINT_VERSION = 1
 TIDY_COLUMNS = ["experiment", "regime", "seed", "generation", "metric", "value"]
@@ -262,7 +268,7 @@ def run_recursion(
         }
         atomic_write_bytes(ckpt_path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
-    bar = tqdm(range(start, generations + 1), desc=f"{name} [{regime}]", disable=not progress,
+    bar = tqdm(range(start, generations + 1), desc=f"{name} [{regime}]", disable=progress_disabled(progress),
                initial=start, total=generations + 1, leave=False)
     for g in bar:
         ctx = GenerationContext(seed=int(seed), generation=g, seeds=seeds if batched else None,

@@ -217,6 +217,8 @@ def run_studies(p: dict, progress: bool = True):
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from .engine import progress_disabled
+
     G, S, seed = p["generations"], p["seeds"], p["seed"]
     jobs = [("main", np.full(G + 1, m), est, p["sampler"], S, G, "replace", "constant")
             for m in p["sample_sizes"] for est in ESTIMATORS]
@@ -231,7 +233,7 @@ def run_studies(p: dict, progress: bool = True):
     jobs += [("accumulate", np.full(Ga + 1, p["schedule_m0"]), "unbiased", "exact", p["accumulate_seeds"], Ga,
               regime, "constant") for regime in ("replace", "accumulate")]
     frames = []
-    for study, sizes, est, smp, n, gens, regime, kind in tqdm(jobs, desc="Gaussian studies", disable=not progress):
+    for study, sizes, est, smp, n, gens, regime, kind in tqdm(jobs, desc="Gaussian studies", disable=progress_disabled(progress)):
         frames.append(_run(study, sizes, est, smp, n, gens, seed, regime, kind, progress))
     return pd.concat(frames, ignore_index=True)
 

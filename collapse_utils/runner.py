@@ -127,11 +127,24 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
             t0 = time.time()
             pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
                                 cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
+            _tidy_executed(out)
             print(f"chapter {chapter.id} ({preset}) executed in {time.time() - t0:.1f}s -> {out}")
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
     return out
+
+
+def _tidy_executed(path: Path) -> None:
+    """The rendered page shows the values in its run-info table; hide papermill's injected duplicate cell."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, path)
 
 
 def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True) -> Path:
