@@ -182,7 +182,7 @@ def plot_absorption(table):
     from .plotting import finish
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    err = np.vstack([table.frequency - table.ci_low, table.ci_high - table.frequency])
+    err = np.clip(np.vstack([table.frequency - table.ci_low, table.ci_high - table.frequency]), 0, None)
     ax.errorbar(table.p0, table.frequency, yerr=err, fmt="o", ms=4, capsize=2, label="absorbed there (95 % Wilson CI)")
     lim = [table.p0.min() * 0.5, max(table.p0.max(), table.ci_high.max()) * 1.3]
     ax.plot(lim, lim, "k--", lw=1, label="theory: frequency = $q_s$")
