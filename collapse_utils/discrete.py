@@ -105,7 +105,7 @@ def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     return centre - half, centre + half
 
 
-def run_discrete(p: dict, progress: bool = True):
+def run_discrete(p: dict, progress: bool = True, checkpoint_root=None):
     """The chapter-01 categorical study: refit a Zipf distribution by counts until every run is absorbed."""
     import pandas as pd
 
@@ -117,7 +117,9 @@ def run_discrete(p: dict, progress: bool = True):
     ex = CategoricalExperiment(p0, tail_cut=1.0 / m)
     res = run_recursion(ex, ex.real(n_seeds, m, seed), p["discrete_max_generations"], seed=seed,
                         record=record_generations(p["discrete_max_generations"]), progress=progress,
-                        columns={"study": "discrete", "M": m})
+                        columns={"study": "discrete", "M": m},
+                        checkpoint_dir=None if checkpoint_root is None else f"{checkpoint_root}/discrete",
+                        checkpoint_every=max(1, p["discrete_max_generations"] // 20))
     last = int(res.bookkeeping.generation.max())
     seeds = np.arange(seed, seed + n_seeds)
     final = pd.DataFrame({

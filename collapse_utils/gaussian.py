@@ -200,7 +200,9 @@ ESTIMATORS = {"mle": 0, "unbiased": 1}
 
 
 def _run(study: str, m_sizes, estimator: str, sampler: str, n_seeds: int, generations: int, seed: int,
-         regime: str = "replace", schedule: str = "constant", progress: bool = True):
+         regime: str = "replace", schedule: str = "constant", progress: bool = True, checkpoint_root=None):
+    from pathlib import Path
+
     from .engine import run_recursion
 
     ex = GaussianExperiment(ddof=ESTIMATORS[estimator], sampler=sampler)
@@ -208,12 +210,18 @@ def _run(study: str, m_sizes, estimator: str, sampler: str, n_seeds: int, genera
     res = run_recursion(ex, ex.real(n_seeds, int(sizes[0]), seed), generations, regime=regime, seed=seed,
                         sizes=lambda g: int(sizes[g]), record=record_generations(generations),
                         columns={"study": study, "M": int(sizes[0]), "estimator": estimator,
-                                 "sampler": sampler, "schedule": schedule}, progress=progress)
+                                 "sampler": sampler, "schedule": schedule}, progress=progress,
+                        checkpoint_dir=None if checkpoint_root is None else
+                        Path(checkpoint_root) / f"{study}-{ex.name}-{sampler}-M{int(sizes[0])}-{schedule}-{regime}",
+                        checkpoint_every=max(1, generations // 10))
     return res.metrics
 
 
-def run_studies(p: dict, progress: bool = True):
-    """All Gaussian studies of chapter 01 at the given parameters; one tidy table."""
+def run_studies(p: dict, progress: bool = True, checkpoint_root=None):
+    """All Gaussian studies of chapter 01 at the given parameters; one tidy table.
+
+    With ``checkpoint_root`` every study checkpoints there, so an interrupted run resumes where it stopped.
+    """
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -234,7 +242,7 @@ def run_studies(p: dict, progress: bool = True):
               regime, "constant") for regime in ("replace", "accumulate")]
     frames = []
     for study, sizes, est, smp, n, gens, regime, kind in tqdm(jobs, desc="Gaussian studies", disable=progress_disabled(progress)):
-        frames.append(_run(study, sizes, est, smp, n, gens, seed, regime, kind, progress))
+        frames.append(_run(study, sizes, est, smp, n, gens, seed, regime, kind, progress, checkpoint_root))
     return pd.concat(frames, ignore_index=True)
 
 
