@@ -22,6 +22,7 @@ from scipy import special, stats
 
 from .config import Checker
 from .engine import Experiment, GenerationContext
+from .results import seed_matrix
 
 __all__ = [
     "SufficientStats", "GaussianExperiment", "gaussian_theory", "size_schedule", "record_generations",
@@ -244,17 +245,6 @@ def run_studies(p: dict, progress: bool = True, checkpoint_root=None):
     for study, sizes, est, smp, n, gens, regime, kind in tqdm(jobs, desc="Gaussian studies", disable=progress_disabled(progress)):
         frames.append(_run(study, sizes, est, smp, n, gens, seed, regime, kind, progress, checkpoint_root))
     return pd.concat(frames, ignore_index=True)
-
-
-def seed_matrix(df, metric: str, **where):
-    """(generations, matrix[n_generations, n_seeds]) of one metric from a tidy table, after filtering."""
-    sub = df[df["metric"] == metric]
-    for k, v in where.items():
-        sub = sub[sub[k] == v]
-    if sub.empty:
-        raise KeyError(f"no rows for metric={metric!r} with {where}")
-    wide = sub.pivot_table(index="generation", columns="seed", values="value", aggfunc="first")
-    return wide.index.to_numpy(), wide.to_numpy()
 
 
 def w2_matrix(df, **where):

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .engine import TIDY_COLUMNS, atomic_write_bytes
 
-__all__ = ["repo_root", "results_root", "run_dir", "save_results", "load_results", "save_table"]
+__all__ = ["repo_root", "results_root", "run_dir", "save_results", "load_results", "save_table", "seed_matrix"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.=+-]+$")
 
@@ -92,3 +92,17 @@ def load_results(chapter: str, run_name: str) -> tuple[pd.DataFrame, dict]:
     if not (d / "metrics.csv").exists():
         raise FileNotFoundError(f"no results in {d}; run the chapter first (python -m collapse_utils run {chapter})")
     return pd.read_csv(d / "metrics.csv"), json.loads((d / "params.json").read_text())
+
+
+def seed_matrix(df: pd.DataFrame, metric: str, **where):
+    """(generations, values[n_generations, n_seeds]) of one metric of a tidy table, after filtering.
+
+    ``where`` filters on columns, e.g. ``seed_matrix(df, "sigma2", M=100, estimator="mle")``.
+    """
+    sub = df[df["metric"] == metric]
+    for k, v in where.items():
+        sub = sub[sub[k] == v]
+    if sub.empty:
+        raise KeyError(f"no rows for metric={metric!r} with {where}")
+    wide = sub.pivot_table(index="generation", columns="seed", values="value", aggfunc="first")
+    return wide.index.to_numpy(), wide.to_numpy()
