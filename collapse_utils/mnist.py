@@ -23,7 +23,7 @@ import numpy as np
 
 from .data import REGISTRY, DataError, dataset_file
 
-__all__ = ["FILES", "N_IMAGES", "read_idx", "load_mnist", "mnist_tensor", "subset_indices"]
+__all__ = ["FILES", "N_IMAGES", "load_mnist", "mnist_tensor", "read_idx", "subset_indices"]
 
 #: (images file, labels file) per split
 FILES = {
