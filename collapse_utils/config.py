@@ -143,12 +143,12 @@ def run_info(params: dict, chapter: str) -> str:
             continue
         mark = "" if base.get(k) == v else " (changed from the preset)"
         rows.append(f"| `{k}` | `{v!r}`{mark} |")
+    import sys
+
     versions = []
     for mod in ("numpy", "torch", "sklearn", "transformers"):
-        try:
+        if mod in sys.modules or mod == "numpy":  # report what the chapter uses; importing costs seconds
             versions.append(f"{mod} {importlib.import_module(mod).__version__}")
-        except Exception:
-            pass
     from . import __version__
 
     return "\n".join([

@@ -20,6 +20,7 @@ written atomically, resumption after an interruption, and the tidy results table
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import pickle
 import tempfile
@@ -217,8 +218,12 @@ def run_recursion(
     extra = dict(columns or {})
 
     ckpt_path = Path(checkpoint_dir) / "state.pkl" if checkpoint_dir is not None else None
+    try:  # a checkpoint written by other experiment code must not be resumed silently
+        code = inspect.getsource(type(experiment))
+    except (OSError, TypeError):
+        code = type(experiment).__qualname__
     fingerprint = hashlib.sha256(
-        repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()))).encode()
+        repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()), code)).encode()
     ).hexdigest()[:16]
 
     records: list[tuple[int, str, np.ndarray]] = []
@@ -234,8 +239,8 @@ def run_recursion(
             raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it to start afresh") from exc
         if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
             raise RuntimeError(
-                f"checkpoint {ckpt_path} belongs to a different run (experiment, regime, seed or data "
-                "differ); delete it, pass another checkpoint_dir, or resume=False"
+                f"checkpoint {ckpt_path} belongs to a different run (experiment, its code, regime, seed or "
+                "data differ); delete that folder to start afresh, pass another checkpoint_dir, or resume=False"
             )
         start = state["next_generation"]
         comp, records, books, models = state["composition"], state["records"], state["books"], state["models"]
