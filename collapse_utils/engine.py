@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,17 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
+def _code_version(cls: type) -> str:
+    """A hash of the package module defining the experiment: a checkpoint written by other code is not resumed."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("collapse_utils."):
+            try:
+                return hashlib.sha256(inspect.getsource(sys.modules[klass.__module__]).encode()).hexdigest()[:16]
+            except (OSError, TypeError, KeyError):
+                break
+    return cls.__qualname__
+
+
 def _sizes_fn(sizes: int | Sequence[int] | Callable[[int], int] | None, n_real: int) -> Callable[[int], int]:
     if sizes is None:
         return lambda g: n_real
@@ -218,10 +230,7 @@ def run_recursion(
     extra = dict(columns or {})
 
     ckpt_path = Path(checkpoint_dir) / "state.pkl" if checkpoint_dir is not None else None
-    try:  # a checkpoint written by other experiment code must not be resumed silently
-        code = inspect.getsource(type(experiment))
-    except (OSError, TypeError):
-        code = type(experiment).__qualname__
+    code = _code_version(type(experiment))
     fingerprint = hashlib.sha256(
         repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()), code)).encode()
     ).hexdigest()[:16]
