@@ -68,10 +68,12 @@ __all__ = [
     "setting_spec",
     "summary_numbers",
     "test_perplexity_table",
+    "training_table",
     "validate_params",
 ]
 
 LOCAL_MODEL = "local-opt"
+PRUNE_BYTES = 100 * 2**20  # fitted models larger than this are deleted once no longer needed
 EXPERIMENT = "opt_wikitext2"
 SETTINGS = ("a", "b", "ablation")
 SETTING_LABELS = {
@@ -98,6 +100,7 @@ def validate_params(p: dict) -> None:
     c.int("block_size", 2, 1024).int("num_beams", 1, 64).float("repetition_penalty", 0.0, 100.0, open_lo=True)
     c.int("epochs_a", 1, 1000).int("epochs_b", 1, 1000).float("keep_fraction", 0.0, 1.0, open_lo=True, open_hi=True)
     c.float("lr", 0.0, 1.0, open_lo=True).int("batch_size", 1, 1 << 16).int("gen_batch_size", 1, 1 << 16)
+    c.int("patience", 0, 1000)
     c.float("ablation_penalty", 0.0, 100.0, open_lo=True).int("ablation_seeds", 0, 100)
     c.ints("hist_generations", lo=0).int("prompt_index", 0)
     ok = not c.problems
@@ -229,6 +232,10 @@ def prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress:
 # --------------------------------------------------------------------------------------------
 # the experiment (one seed per run_recursion call)
 # --------------------------------------------------------------------------------------------
+def _folder_bytes(path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 @dataclass
 class FittedLM:
     """A fine-tuned generation: where its weights are and how training went."""
@@ -247,12 +254,12 @@ class LMCollapse(Experiment):
 
     def __init__(self, base: Base, data: LMData, epochs: int, lr: float, batch_size: int, num_beams: int,
                  repetition_penalty: float, gen_batch_size: int, n_diversity: int, prompt_index: int,
-                 model_dir: str | os.PathLike, progress: bool = False):
+                 model_dir: str | os.PathLike, progress: bool = False, patience: int = 0):
         self.base, self.data = base, data
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.num_beams, self.repetition_penalty = int(num_beams), float(repetition_penalty)
         self.gen_batch_size, self.n_diversity = int(gen_batch_size), int(n_diversity)
-        self.prompt_index = int(prompt_index)
+        self.prompt_index, self.patience = int(prompt_index), int(patience)
         self.model_dir = Path(model_dir)
         self.progress = progress
         self.real_vocab = set(np.unique(data.train.numpy()).tolist())
@@ -273,20 +280,22 @@ class LMCollapse(Experiment):
     def fit(self, data: torch.Tensor, ctx: GenerationContext) -> FittedLM:
         seed = ctx.int_seed("fit")
         fp = _sha({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr, "bs": self.batch_size,
-                   "seed": seed}, data, self.data.valid)
+                   "seed": seed, "patience": self.patience}, data, self.data.valid)
         out = self.model_dir / f"model-{fp}"
         meta = out / "fit.json"
         if meta.exists():  # same base, data, settings and seed: the fit is deterministic, reuse it
             info = FitInfo(**json.loads(meta.read_text()))
         else:
             info = finetune(self.base.path, data, self.data.valid, out, self.epochs, self.lr, self.batch_size,
-                            seed, progress=self.progress, desc=f"gen {ctx.generation}: fine-tune")
+                            seed, patience=self.patience, progress=self.progress,
+                            desc=f"gen {ctx.generation}: fine-tune")
             meta.write_text(json.dumps(asdict(info)))
         self._train = data
-        # keep disk use bounded (OPT-125m is 0.5 GB a copy): generation 0 stays, the previous one goes
+        # keep disk use bounded for big models (OPT-125m is 0.5 GB a copy): generation 0 stays, the previous
+        # one goes; small models stay, so that a rerun after an interruption or a code change reuses them
         gen0 = self.state.get("gen0_path")
         for old in self._own_models:
-            if old not in (gen0, str(out)) and Path(old).exists():
+            if old not in (gen0, str(out)) and Path(old).exists() and _folder_bytes(old) > PRUNE_BYTES:
                 shutil.rmtree(old, ignore_errors=True)
         self._own_models = [str(out)]
         self.state["fits"][ctx.generation] = {"best_epoch": info.best_epoch, "best_val_loss": info.best_val_loss,
@@ -303,10 +312,21 @@ class LMCollapse(Experiment):
         return train[torch.as_tensor(idx)]
 
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
+        prompts = self.prompts_for(n, ctx)
+        # beam search is deterministic: its output is stored beside the model and reused by a rerun
+        key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size},
+                   prompts)
+        cached = Path(model.path) / f"continuations-{key}.pt"
+        if cached.exists():
+            return torch.load(cached)
         m = load_model(model.path)
-        return generate_continuations(m, self.prompts_for(n, ctx), self.data.block_size, self.num_beams,
-                                      self.repetition_penalty, self.gen_batch_size, progress=self.progress,
-                                      desc=f"gen {ctx.generation}: beam search")
+        out = generate_continuations(m, prompts, self.data.block_size, self.num_beams, self.repetition_penalty,
+                                     self.gen_batch_size, progress=self.progress,
+                                     desc=f"gen {ctx.generation}: beam search")
+        tmp = cached.with_suffix(".tmp")
+        torch.save(out, tmp)
+        os.replace(tmp, cached)
+        return out
 
     def _gen0_model(self):
         path = self.state["gen0_path"]
@@ -320,6 +340,7 @@ class LMCollapse(Experiment):
         out = perplexity_stats(sequence_nll(m, self.data.test), "test")
         out["val_loss"] = model.fit.best_val_loss
         out["best_epoch"] = float(model.fit.best_epoch)
+        out["epochs_run"] = float(len(model.fit.val_losses))
         if g == 0:
             self.state["gen0_path"] = model.path
         # this generation's training data (the generated part; real data at generation 0) under model 0
@@ -375,7 +396,7 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
     for seed in spec["seeds"]:
         exp = LMCollapse(base, data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
                          p["gen_batch_size"], regime.n_synthetic(n), p["prompt_index"], ckpt / "models",
-                         progress=progress)
+                         progress=progress, patience=p["patience"])
         res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
                             checkpoint_dir=ckpt / f"{setting}-seed{seed}", progress=progress,
                             columns={"setting": setting, "epochs": spec["epochs"],
@@ -446,7 +467,7 @@ def plot_test_perplexity(metrics: pd.DataFrame, p: dict, base_ppl: float | None 
         ax.fill_between(g, mean - seq_sd, mean + seq_sd, color=c, alpha=0.15, linewidth=0,
                         label="± std over test sequences")
         ax.errorbar(g, mean, yerr=seed_sd, color=c, marker="o", capsize=3,
-                    label=f"mean over {int(d.size().max())} seed(s) ± std over seeds")
+                    label=f"mean over {int(d.size().max())} seed{'s' if d.size().max() > 1 else ''} ± std over seeds")
         ax.plot(g, d["test_ppl"].mean().reindex(g).values, color=c, ls=":", marker=".",
                 label="corpus perplexity exp(mean NLL)")
         if base_ppl is not None:
@@ -460,25 +481,33 @@ def plot_test_perplexity(metrics: pd.DataFrame, p: dict, base_ppl: float | None 
 
 def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
     """Per-sequence perplexity of each generation's training data under the generation-0 model
-    (seeds pooled), one density histogram per generation, log x axis."""
+    (seeds pooled): one row per generation, one column per setting, log x axis, share of sequences per
+    bin (bins of equal width in log perplexity)."""
     import matplotlib.pyplot as plt
 
     labels = _labels(p)
-    gens_wanted = list(generations if generations is not None else p["hist_generations"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, sharey=True)
-    vals = per_seq.loc[per_seq["setting"].isin(["a", "b"]), "perplexity"].to_numpy()
+    wanted = list(generations if generations is not None else p["hist_generations"])
+    d_ab = per_seq[per_seq["setting"].isin(["a", "b"])]
+    gens = [g for g in wanted if g in set(d_ab["generation"])]
+    vals = d_ab["perplexity"].to_numpy()
     vals = vals[np.isfinite(vals) & (vals > 0)]
-    bins = np.logspace(np.log10(vals.min()) - 0.05, np.log10(vals.max()) + 0.05, 50)
-    for ax, s in zip(axes, ("a", "b")):
-        d = per_seq[per_seq["setting"] == s]
-        gens = [g for g in gens_wanted if g in set(d["generation"])]
-        for g, c in zip(gens, palette(len(gens))):
+    bins = np.logspace(np.log10(vals.min()) - 0.05, np.log10(vals.max()) + 0.05, 60)
+    fig, axes = plt.subplots(len(gens), 2, figsize=(11, 1.25 * len(gens) + 1.2), sharex=True, squeeze=False)
+    colors = palette(len(gens))
+    for col, s in enumerate(("a", "b")):
+        d = d_ab[d_ab["setting"] == s]
+        for row, (g, c) in enumerate(zip(gens, colors)):
+            ax = axes[row, col]
             x = d.loc[d["generation"] == g, "perplexity"].to_numpy()
-            ax.hist(x, bins=bins, density=True, histtype="stepfilled", alpha=0.25, color=c)
-            ax.hist(x, bins=bins, density=True, histtype="step", lw=1.5, color=c,
-                    label=f"generation {g}" + (" (real data)" if g == 0 else ""))
-        ax.set_xscale("log")
-        finish(ax, "perplexity of a training sequence under the generation-0 model", "density", labels[s])
+            if len(x):
+                ax.hist(x, bins=bins, weights=np.full(len(x), 1 / len(x)), color=c, alpha=0.8)
+                ax.axvline(np.median(x), color="k", lw=1, ls=":")
+            ax.set_xscale("log")
+            ax.set_ylabel(f"gen {g}" + (" (real)" if g == 0 else ""), rotation=0, ha="right", va="center")
+            ax.tick_params(axis="y", labelsize="x-small")
+        axes[0, col].set_title(labels[s])
+        axes[-1, col].set_xlabel("perplexity of a training sequence under the generation-0 model")
+    fig.supylabel("share of sequences per bin (dotted: median)", fontsize="small")
     fig.tight_layout()
     return fig
 
@@ -524,14 +553,16 @@ def plot_ablation(metrics: pd.DataFrame, p: dict):
     axes[1].set_yscale("log")
     finish(axes[1], "generation", "median perplexity under generation 0", "generated training data")
     finish(axes[2], "generation", "distinct-2", "diversity of generated data")
-    fig.suptitle(f"setting (a), seeds {', '.join(map(str, seeds))}", y=1.02, fontsize="medium")
+    fig.suptitle(f"setting (a), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", y=1.02,
+                 fontsize="medium")
     fig.tight_layout()
     return fig
 
 
 def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, setting: str = "a",
                            seed: int = 0, max_chars: int = 400) -> str:
-    """A Markdown table: the fixed test prompt, then each generation's beam-search continuation."""
+    """A Markdown table: the fixed test prompt, then each generation's beam-search continuation, with the
+    number of different tokens in it (a continuation of whitespace tokens only is said so)."""
     tok = load_tokenizer(data.tokenizer_path)
     prompt = tok.decode(data.test[p["prompt_index"]].tolist(), skip_special_tokens=False)
 
@@ -541,9 +572,20 @@ def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, settin
         return t.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*").replace(
             "_", "\\_").replace("@", "&#64;")
 
+    def show(text: str) -> tuple[str, int]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if not text.strip():
+            names = sorted(set(tok.convert_ids_to_tokens(ids)))
+            return f"*(only whitespace: the token{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))})*", \
+                len(names)
+        return esc(text), len(set(ids))
+
     d = examples[(examples["setting"] == setting) & (examples["seed"] == seed)].sort_values("generation")
-    rows = ["| generation | text |", "| ---: | --- |", f"| prompt (real test block) | {esc(prompt)} |"]
-    rows += [f"| {int(r.generation)} | {esc(r.text)} |" for r in d.itertuples()]
+    rows = ["| generation | different tokens | text |", "| ---: | ---: | --- |",
+            f"| prompt (real test block) | {len(set(data.test[p['prompt_index']].tolist()))} | {esc(prompt)} |"]
+    for r in d.itertuples():
+        text, n = show(r.text)
+        rows.append(f"| {int(r.generation)} | {n} | {text} |")
     return f"**{_labels(p)[setting]}, seed {seed}**\n\n" + "\n".join(rows)
 
 
@@ -580,7 +622,8 @@ def closing_note(metrics: pd.DataFrame, per_seq: pd.DataFrame, p: dict, base: Ba
             continue
         seq = ", ".join(f"{v:.1f}" for v in d["test ppl (corpus)"])
         first, last = d["test ppl (corpus)"].iloc[0], d["test ppl (corpus)"].iloc[-1]
-        lines.append(f"- {labels[s]} ({int(d['seeds'].iloc[0])} seed(s)): test perplexity per generation "
+        k = int(d["seeds"].iloc[0])
+        lines.append(f"- {labels[s]} ({k} seed{'s' if k > 1 else ''}): test perplexity per generation "
                      f"0–{int(d['generation'].iloc[-1])}: {seq}; generation {int(d['generation'].iloc[-1])} is "
                      f"{100 * (last / first - 1):+.0f}% relative to model 0.")
     h = histogram_table(per_seq[per_seq["setting"] == "a"])
@@ -599,3 +642,12 @@ def closing_note(metrics: pd.DataFrame, per_seq: pd.DataFrame, p: dict, base: Ba
                          f"{d['unigram_entropy'].iloc[-1]:.2f} bits, share of the real vocabulary produced "
                          f"{d['vocab_share'].iloc[0]:.2f} → {d['vocab_share'].iloc[-1]:.2f}.")
     return "\n".join(lines)
+
+
+def training_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per setting and generation (mean over seeds): the epoch whose checkpoint was kept and its real
+    validation loss -- which shows how many of the allotted epochs were of any use."""
+    w = _wide(metrics)
+    cols = ["best_epoch", "epochs_run", "val_loss"]
+    t = w.groupby(["setting", "generation"])[cols].mean().reset_index()
+    return t.pivot_table(index="generation", columns="setting", values=cols).round(3)

@@ -139,11 +139,14 @@ def _mean_loss(model, loader, accelerator) -> float:
 
 def finetune(model_path: str | os.PathLike, train_blocks: torch.Tensor, valid_blocks: torch.Tensor, out_dir,
              epochs: int, lr: float, batch_size: int, seed: int, weight_decay: float = 0.01, eta_min: float = 1e-6,
-             progress: bool = False, desc: str = "fine-tune") -> FitInfo:
+             patience: int = 0, progress: bool = False, desc: str = "fine-tune") -> FitInfo:
     """Fine-tune the model at ``model_path`` on ``train_blocks``; keep the epoch with the lowest
     validation loss; save it with ``save_pretrained`` to ``out_dir``.
 
-    ``batch_size`` is the global batch (split over ``accelerate launch`` processes).
+    ``batch_size`` is the global batch (split over ``accelerate launch`` processes).  ``patience`` > 0
+    stops once the validation loss has not improved for that many epochs (0: always run every epoch,
+    as the official code does); the schedule is the same either way, so the kept checkpoint only
+    differs when the validation loss would have come back below its best later on.
     """
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader, TensorDataset
@@ -183,6 +186,8 @@ def finetune(model_path: str | os.PathLike, train_blocks: torch.Tensor, valid_bl
             best_epoch = epoch + 1
             best = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()}
         bar.set_postfix(train=f"{train_losses[-1]:.3f}", val=f"{val:.3f}")
+        if patience and epoch + 1 - best_epoch >= patience:
+            break
     bar.close()
     final = acc.unwrap_model(model)
     final.load_state_dict(best)
