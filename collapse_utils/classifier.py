@@ -124,7 +124,7 @@ def _default_cache() -> Path:
 
 
 def load_or_train(cfg: ClassifierConfig = ClassifierConfig(), cache: str | os.PathLike | None | bool = None,
-                  data_path=None, progress: bool = True) -> tuple[MnistCNN, float]:
+                  data_path=None, progress: bool = True, download: bool = False) -> tuple[MnistCNN, float]:
     """(classifier, test accuracy on the 10,000 real test images); trained once, then cached.
 
     ``cache``: a folder (default: the data cache's ``models/``), or False to always train.
@@ -143,9 +143,9 @@ def load_or_train(cfg: ClassifierConfig = ClassifierConfig(), cache: str | os.Pa
                 return model.eval(), float(blob["test_accuracy"])
         except (OSError, RuntimeError, KeyError, ValueError, EOFError):
             fname.unlink(missing_ok=True)  # an unreadable cache entry: retrain and overwrite it
-    x, y = mnist_tensor("train", cfg.n_train, seed=cfg.seed, path=data_path)
+    x, y = mnist_tensor("train", cfg.n_train, seed=cfg.seed, path=data_path, download=download)
     model = train_classifier(x, y, cfg, progress=progress)
-    xt, yt = mnist_tensor("test", path=data_path)
+    xt, yt = mnist_tensor("test", path=data_path, download=download)
     acc = evaluate_accuracy(model, xt, yt)
     if fname is not None:
         from .engine import atomic_write_bytes

@@ -139,32 +139,34 @@ def test_bookkeeping_of_each_mode(regime, synthetic):
     assert set(ex.artifacts) == {0, 1, 2} and ex.artifacts[0]["latents"].shape == (50, 20)
 
 
-def test_same_steps_every_generation_under_accumulate():
-    n = 64
-    cfg = vae.TrainConfig(epochs=2, batch_size=32)
+def test_same_steps_every_generation_under_accumulate(mnist_ok):
+    """run_study gives every generation epochs * ceil(n_train / batch) steps, also as the pool grows."""
+    params = tiny_params(conditions=["accumulate/fixed"], seeds=1, generations=2, n_train=128, epochs=2)
     calls = []
     orig = vae.train_vae
 
     def spy(data, cfg, seed, steps=None, **kw):
-        calls.append(steps)
+        calls.append((len(data), steps))
         return orig(data, cfg, seed, steps=steps, **kw)
 
-    ex = vae.VAEExperiment(cfg, "fixed", n_eval=50, steps=cfg.epochs * math.ceil(n / cfg.batch_size))
     mp = pytest.MonkeyPatch()
     mp.setattr(vae, "train_vae", spy)
     try:
-        run_recursion(ex, torch.rand(n, 1, 28, 28), 2, regime="accumulate", seed=0, progress=False)
+        study = vae.run_study(params, vae.load_data(params), None, progress=False)
     finally:
         mp.undo()
-    assert calls == [4, 4, 4]
+    assert calls == [(128, 4), (256, 4), (384, 4)]
+    assert study.bookkeeping.n_train.tolist() == [128, 256, 384]
 
 
 # -- the study: determinism, shared generation 0, resumption -----------------------------------
 def test_run_study_is_deterministic_and_shares_generation_zero(mnist_ok, tmp_path):
-    params = tiny_params(conditions=["replace/fresh", "replace/fixed"], seeds=1)
+    params = tiny_params(conditions=["replace/fresh", "replace/fixed"], seeds=1, parallel_runs=1)
     data = vae.load_data(params)
     a = vae.run_study(params, data, None, checkpoint_root=None, progress=False)
-    b = vae.run_study(params, data, None, checkpoint_root=tmp_path / "ck", progress=False)
+    # two runs in two worker processes (one thread each) give exactly the same numbers
+    b = vae.run_study({**params, "parallel_runs": 2}, data, None, checkpoint_root=tmp_path / "ck",
+                      progress=False)
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
     w = a.wide().set_index(["condition", "generation"])
     g0 = w.xs(0, level="generation")
@@ -220,6 +222,11 @@ def test_presets_match_and_validate():
         p = load_preset(name, "03")
         assert set(p) == keys
         vae.validate_params({**p, "preset": name, "run_name": ""})
+    from collapse_utils.config import get_chapter
+    from collapse_utils.runner import _read_md, notebook_defaults
+
+    defaults = notebook_defaults(_read_md(get_chapter("03")))
+    assert {k: v for k, v in defaults.items() if k not in ("preset", "run_name")} == load_preset("cpu", "03")
     paper = load_preset("paper", "03")
     assert paper["n_train"] == 60_000 and paper["epochs"] == 30 and paper["batch_size"] == 256
     assert paper["generations"] >= 5 and paper["seeds"] == 5
@@ -227,11 +234,11 @@ def test_presets_match_and_validate():
 
 def test_bad_parameters_give_one_error_listing_all():
     p = tiny_params(seeds=0, conditions=["accumulate/fresh", "replace/fixed", "replace/fixed"], n_train=10,
-                    device="tpu")
+                    device="tpu", parallel_runs=3, threads=2)
     with pytest.raises(ParamError) as err:
         vae.validate_params(p)
     msg = str(err.value)
-    for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device"):
+    for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device", "parallel_runs"):
         assert word in msg
 
 
@@ -264,24 +271,27 @@ def test_classifier_training_is_deterministic_and_entropy(mnist_ok):
 
 
 # -- the chapter -------------------------------------------------------------------------------
-def test_notebook_smoke_run(mnist_ok, tmp_path, monkeypatch):
+def test_notebook_smoke_run(mnist_ok, smoke_chapter, results_tmp):
+    """The chapter at the smoke preset through papermill (shared fixture: executed once per session)."""
     import json
 
-    from collapse_utils.runner import execute_chapter
-
-    monkeypatch.setenv("COLLAPSE_RESULTS_DIR", str(tmp_path / "results"))
-    out = execute_chapter("03", "smoke", output_dir=tmp_path)
+    out = smoke_chapter("03")
     nb = json.loads(out.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 8
-    metrics = pd.read_csv(tmp_path / "results" / "03_vae_mnist" / "smoke" / "metrics.csv")
+    assert "produced with the `smoke` preset" in json.dumps(nb)
+    run = results_tmp / "03_vae_mnist" / "smoke"
+    metrics = pd.read_csv(run / "metrics.csv")
     assert {"experiment", "regime", "seed", "generation", "metric", "value", "condition", "synthetic"} <= set(
         metrics.columns)
     assert set(metrics.condition) == {"replace / fresh", "replace / fixed", "keep_real(0.1) / fixed",
                                       "accumulate / fixed"}
-    assert (tmp_path / "results" / "03_vae_mnist" / "smoke" / "artifacts.npz").exists()
+    assert set(metrics.seed) == {0, 1} and set(metrics.generation) == {0, 1, 2}
+    assert {"bookkeeping.csv", "latent_spread.csv", "summary.csv", "params.json", "artifacts.npz"} <= {
+        p.name for p in run.iterdir()}
+    assert (run / "checkpoints").is_dir()
 
 
 def test_deepcopy_of_experiment_state_roundtrip():
