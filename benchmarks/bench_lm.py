@@ -11,8 +11,9 @@ number of WikiText-2-raw training blocks estimated from the local GPT-2 BPE file
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,16 +32,19 @@ OPT125M_LAYERS, OPT125M_HIDDEN, OPT125M_VOCAB = 12, 768, 50_272
 def measure_training(p, data, model_path, blocks: int, epochs: int) -> dict:
     """Tokens/s of :func:`lm_train.finetune` (forward, backward, AdamW, per-epoch validation)."""
     train = data.train[:blocks]
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_lm_{os.getpid()}"
+    out = Path(model_path).parent / "finetuned"
     info = lm_train.finetune(model_path, train, data.valid[:32], out, epochs, p["lr"], p["batch_size"], seed=0)
     # pure optimisation steps, without model loading / validation / saving
     model = lm_train.load_model(model_path).train()
     opt = torch.optim.AdamW(model.parameters(), lr=p["lr"])
     bs = p["batch_size"]
-    steps = max(1, blocks // bs)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        b = train[i * bs:(i + 1) * bs]
+    steps = 2 * max(1, blocks // bs)  # two passes over the blocks, after one warm-up step
+    t0 = None
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        j = (i % max(1, blocks // bs)) * bs
+        b = train[j:j + bs]
         loss = model(input_ids=b, labels=b).loss
         loss.backward()
         opt.step()
@@ -74,12 +78,16 @@ def raw_train_blocks_estimate() -> tuple[int, str]:
     GPT-2 BPE and scale by the raw/tokenised token ratio measured on the validation split, where both
     forms exist.
     """
-    from transformers import GPT2TokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
     from collapse_utils.data import dataset_file
 
-    tok = GPT2TokenizerFast(vocab_file=str(dataset_file("gpt2-bpe", "vocab.json")),
-                            merges_file=str(dataset_file("gpt2-bpe", "merges.txt")))
+    bpe = models.BPE.from_file(str(dataset_file("gpt2-bpe", "vocab.json")), str(dataset_file("gpt2-bpe", "merges.txt")))
+    raw = Tokenizer(bpe)
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw)
     n = {}
     for cfg in ("wikitext-2-v1", "wikitext-2-raw-v1"):
         n[cfg] = len(lm_data.encode_lines(tok, lm_data.load_lines(cfg, "valid")))
@@ -124,7 +132,8 @@ def main(argv=None) -> int:
           f"GPU: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
     data = lm.prepare_data(p)
     tok = lm_data.load_tokenizer(data.tokenizer_path)
-    folder = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_lm_model_{os.getpid()}"
+    scratch = Path(tempfile.mkdtemp(prefix="bench_lm_"))
+    folder = scratch / "model"
     lm_train.new_local_model(lm_train.tiny_opt_config(len(tok), p["hidden_size"], p["num_layers"], p["num_heads"],
                                                       max_positions=2 * p["block_size"]), 0, folder, tok)
     n_params = sum(t.numel() for t in lm_train.load_model(folder).parameters())
@@ -167,6 +176,7 @@ def main(argv=None) -> int:
     total = p_paper["seeds"] * (p_paper["generations"] + 1) * (ea + eb)
     print(f"  whole paper preset ({p_paper['seeds']} seeds x {p_paper['generations'] + 1} models x 2 settings, "
           f"ablation not counted): ~ {total / 3600:.0f} GPU-hours")
+    shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
