@@ -62,6 +62,7 @@ __all__ = [
     "Study",
     "TrainConfig",
     "VAEExperiment",
+    "bookkeeping_table",
     "class_fractions",
     "decode_prior",
     "encode_means",
@@ -455,7 +456,7 @@ class VAEExperiment:
             return None
         h = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:10]
         steps = self.steps or self.cfg.epochs * math.ceil(len(data) / self.cfg.batch_size)
-        return self.gen0_cache / f"gen0-{self.cfg.key()}-steps{steps}-data{h}-seed{ctx.seed}.pt"
+        return self.gen0_cache / f"gen0-{self.cfg.key()}-{_code_key()}-steps{steps}-data{h}-seed{ctx.seed}.pt"
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -550,11 +551,23 @@ def load_classifier(params: dict, progress: bool = True):
     return load_or_train(cfg, progress=progress, download=True)
 
 
+def _code_key() -> str:
+    """A hash of this module's source: checkpoints written by other code go to other folders."""
+    import inspect
+    import sys
+
+    try:
+        return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:10]
+    except (OSError, TypeError):
+        return "unknown"
+
+
 def _run_key(params: dict, cfg: TrainConfig) -> str:
-    """A hash of everything a condition's checkpoints depend on (a changed setting starts afresh)."""
+    """A hash of everything a condition's checkpoints depend on: a changed setting or changed code
+    starts afresh in a new folder instead of resuming a run it does not belong to."""
     keys = ["n_train", "data_seed", "n_eval", "n_test_eval", "generations", "classifier_epochs",
             "classifier_n_train"]
-    blob = json.dumps([cfg.key(), *[params.get(k) for k in keys]], sort_keys=True)
+    blob = json.dumps([cfg.key(), _code_key(), *[params.get(k) for k in keys]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -589,9 +602,11 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
     Checkpoints go to ``checkpoint_root/<condition>-<settings hash>/seed<k>/`` so an interrupted
     run resumes; generation 0 (identical in every condition) is fitted once per seed and cached.
     With ``parallel_runs > 1`` (CPU only) that many runs train at once in worker processes, each
-    with ``threads // parallel_runs`` torch threads: on two cores, two single-threaded runs of
-    small batches get about twice the images per second of one run with two threads, and they
-    do not stall when other programs compete for the cores.  Results do not depend on it.
+    with ``threads // parallel_runs`` torch threads.  On an idle two-core machine two single-threaded
+    runs train as many images per second as one two-threaded run (``benchmarks/bench_vae.py
+    --parallel``); on a machine shared with other jobs they are several times faster, because an
+    OpenMP thread that waits for a descheduled partner stalls the whole step.  Results do not
+    depend on it.
     """
     from tqdm.auto import tqdm
 
@@ -699,6 +714,16 @@ def spread_table(study: Study, metric: str = "latent_spread") -> pd.DataFrame:
                          "min": float(np.min(v)), "max": float(np.max(v)),
                          "ratio_to_gen0": float(np.median(v / vals[0]))})
     return pd.DataFrame(rows)
+
+
+def bookkeeping_table(study: Study, seed: int | None = None) -> pd.DataFrame:
+    """Training images per generation (rows) and condition (columns) for one seed."""
+    seed = study.seeds[0] if seed is None else seed
+    book = study.bookkeeping[study.bookkeeping.seed == seed]
+    tab = book.pivot_table(index="generation", columns="condition", values="n_train", aggfunc="first")
+    tab = tab[[c.label for c in study.conditions]]
+    tab.columns.name = "training images per generation"
+    return tab
 
 
 def class_fractions(study: Study, condition: str) -> pd.DataFrame:
@@ -829,8 +854,10 @@ def plot_latent_spread(study: Study):
             gens, vals = seed_matrix(study.metrics, metric, cond.label)
             band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3)
     if real:
-        r_spread = np.median([latent_stats(r)["latent_spread"] for r in real])
-        axes[0].axhline(r_spread, color="k", ls="--", lw=1, label="real test images")
+        stats = [latent_stats(r) for r in real]
+        axes[0].axhline(np.median([s["latent_spread"] for s in stats]), color="k", ls="--", lw=1,
+                        label="real test images")
+        axes[1].axhline(np.median([s["latent_mean_norm"] for s in stats]), color="k", ls="--", lw=1)
     finish(axes[0], "generation", r"spread $\sqrt{\mathrm{tr}\,\mathrm{Cov}(\mu)}$",
            "spread of latent means (generation-0 encoder)")
     finish(axes[1], "generation", r"centre $\|\mathrm{mean}(\mu)\|$", "centre of latent means", legend=False)

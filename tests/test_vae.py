@@ -206,7 +206,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
 
 def test_training_lowers_the_loss(mnist_ok):
-    x = vae.load_data(tiny_params(n_train=512))["train_x"]
+    x = vae.load_data(tiny_params(n_train=384))["train_x"]
     cfg = vae.TrainConfig(epochs=3, batch_size=64)
     _, hist = vae.train_vae(x, cfg, seed=0)
     assert len(hist) == 3 and hist[-1] < 0.8 * hist[0]  # nats per image, from about 540 at initialisation
