@@ -55,3 +55,18 @@ def smoke_chapter(book_tmp):
         return _EXECUTED[chapter]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def read_executed():
+    """read_executed(path) -> (notebook JSON text, number of PNG figures), asserting no cell raised an error."""
+    import json
+
+    def read(path: Path) -> tuple[str, int]:
+        nb = json.loads(Path(path).read_text())
+        outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        assert not errors, errors[0].get("evalue")
+        return json.dumps(nb), sum("image/png" in o.get("data", {}) for o in outputs)
+
+    return read

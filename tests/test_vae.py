@@ -271,17 +271,11 @@ def test_classifier_training_is_deterministic_and_entropy(mnist_ok):
 
 
 # -- the chapter -------------------------------------------------------------------------------
-def test_notebook_smoke_run(mnist_ok, smoke_chapter, results_tmp):
+def test_notebook_smoke_run(mnist_ok, smoke_chapter, read_executed, results_tmp):
     """The chapter at the smoke preset through papermill (shared fixture: executed once per session)."""
-    import json
-
-    out = smoke_chapter("03")
-    nb = json.loads(out.read_text())
-    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
-    images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 8
-    assert "produced with the `smoke` preset" in json.dumps(nb)
+    text, images = read_executed(smoke_chapter("03"))
+    assert images == 8
+    assert "produced with the `smoke` preset" in text
     run = results_tmp / "03_vae_mnist" / "smoke"
     metrics = pd.read_csv(run / "metrics.csv")
     assert {"experiment", "regime", "seed", "generation", "metric", "value", "condition", "synthetic"} <= set(
