@@ -100,7 +100,7 @@ def validate_params(p: dict) -> None:
     c.int("block_size", 2, 1024).int("num_beams", 1, 64).float("repetition_penalty", 0.0, 100.0, open_lo=True)
     c.int("epochs_a", 1, 1000).int("epochs_b", 1, 1000).float("keep_fraction", 0.0, 1.0, open_lo=True, open_hi=True)
     c.float("lr", 0.0, 1.0, open_lo=True).int("batch_size", 1, 1 << 16).int("gen_batch_size", 1, 1 << 16)
-    c.int("patience", 0, 1000)
+    c.int("patience", 0, 1000).int("parallel_runs", 1, 64)
     c.float("ablation_penalty", 0.0, 100.0, open_lo=True).int("ablation_seeds", 0, 100)
     c.ints("hist_generations", lo=0).int("prompt_index", 0)
     ok = not c.problems
@@ -377,35 +377,55 @@ class SettingResult:
     seconds: float = 0.0
 
 
+def _run_seed(job: dict) -> tuple:
+    """One setting x seed through the engine (in this process or in a worker process)."""
+    if job["threads"]:
+        os.environ["COLLAPSE_TORCH_THREADS"] = str(job["threads"])
+        torch.set_num_threads(job["threads"])
+    p, spec, data, seed, ckpt = job["p"], job["spec"], job["data"], job["seed"], job["ckpt"]
+    regime = parse_regime(spec["regime"])
+    exp = LMCollapse(job["base"], data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
+                     p["gen_batch_size"], regime.n_synthetic(len(data.train)), p["prompt_index"], ckpt / "models",
+                     progress=job["progress"], patience=p["patience"])
+    res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
+                        checkpoint_dir=ckpt / f"{job['setting']}-seed{seed}", progress=job["progress"],
+                        columns={"setting": job["setting"], "epochs": spec["epochs"],
+                                 "repetition_penalty": spec["penalty"]})
+    return res.metrics, res.bookkeeping.assign(seed=seed), exp.state["per_seq"], exp.state["examples"]
+
+
 def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | os.PathLike,
                 progress: bool = True) -> SettingResult:
     """Run one setting -- (a), (b) or the repetition-penalty ablation -- for its seeds.
 
     Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
     so an interrupted run resumes; fitted models live (content-addressed) in ``run_dir/checkpoints/models``.
+    With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes, one torch
+    thread each (:func:`collapse_utils.parallel.run_jobs`); the results are the same either way.
     """
     import time
 
+    from .parallel import run_jobs
+
     spec = setting_spec(p, setting)
-    regime = parse_regime(spec["regime"])
-    n = len(data.train)
     tok = load_tokenizer(data.tokenizer_path)
     ckpt = Path(run_dir) / "checkpoints"
-    mets, seqs, exs, books = [], [], [], []
+    workers = int(p.get("parallel_runs", 1))
+    if torch.cuda.is_available() or len(spec["seeds"]) < 2:
+        workers = 1
+    threads = max(1, int(os.environ.get("COLLAPSE_TORCH_THREADS", "2")) // workers) if workers > 1 else None
+    jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": setting, "seed": seed, "ckpt": ckpt,
+             "progress": progress and workers == 1, "threads": threads} for seed in spec["seeds"]]
     t0 = time.time()
-    for seed in spec["seeds"]:
-        exp = LMCollapse(base, data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
-                         p["gen_batch_size"], regime.n_synthetic(n), p["prompt_index"], ckpt / "models",
-                         progress=progress, patience=p["patience"])
-        res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
-                            checkpoint_dir=ckpt / f"{setting}-seed{seed}", progress=progress,
-                            columns={"setting": setting, "epochs": spec["epochs"],
-                                     "repetition_penalty": spec["penalty"]})
-        mets.append(res.metrics)
-        books.append(res.bookkeeping.assign(seed=seed))
-        for g, ppl in sorted(exp.state["per_seq"].items()):
+    results = run_jobs(_run_seed, jobs, workers, progress=progress and workers > 1, desc=f"setting {setting}: seeds")
+    mets, seqs, exs, books = [], [], [], []
+    for job, (metrics, book, per_seq, examples) in zip(jobs, results):
+        seed = job["seed"]
+        mets.append(metrics)
+        books.append(book)
+        for g, ppl in sorted(per_seq.items()):
             seqs.append(pd.DataFrame({"setting": setting, "seed": seed, "generation": g, "perplexity": ppl}))
-        for g, ids in sorted(exp.state["examples"].items()):
+        for g, ids in sorted(examples.items()):
             exs.append({"setting": setting, "seed": seed, "generation": g,
                         "text": tok.decode(ids, skip_special_tokens=False)})
     return SettingResult(setting, spec["label"], pd.concat(mets, ignore_index=True),

@@ -608,9 +608,7 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
     OpenMP thread that waits for a descheduled partner stalls the whole step.  Results do not
     depend on it.
     """
-    from tqdm.auto import tqdm
-
-    from .engine import progress_disabled
+    from .parallel import run_jobs
 
     setup_torch(params["threads"])
     cfg = train_config(params)
@@ -631,28 +629,13 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
     jobs = [dict(base, condition=c, seed=s, columns={"condition": c.label, "synthetic": c.synthetic,
                                                      "real_subset": params["n_train"], "epochs": params["epochs"]})
             for c in conditions for s in seeds]
-    bar = tqdm(total=len(jobs), desc="conditions x seeds", disable=progress_disabled(progress))
-    results = []
-    if workers == 1:
-        for job in jobs:
-            bar.set_postfix_str(f"{job['condition'].label}, seed {job['seed']}")
-            results.append(_run_one(job))
-            bar.update()
-    else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
+    if workers > 1:
         per = max(1, int(params["threads"]) // workers)
         clf_state = None if classifier is None else {k: v.cpu() for k, v in classifier.state_dict().items()}
         for job in jobs:
             job.update(threads=per, classifier=clf_state)
-        # spawn, not fork: a forked child of a process that already ran OpenMP code can hang
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_one, job) for job in jobs]
-            for fut in futures:
-                results.append(fut.result())
-                bar.update()
-    bar.close()
+    results = run_jobs(_run_one, jobs, workers, progress=progress, desc="conditions x seeds",
+                       label=lambda j: f"{j['condition'].label}, seed {j['seed']}")
     metrics = pd.concat([r[0] for r in results], ignore_index=True)
     book = pd.concat([r[1] for r in results], ignore_index=True)
     artifacts = {(j["condition"].label, j["seed"]): r[2] for j, r in zip(jobs, results)}

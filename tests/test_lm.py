@@ -209,6 +209,22 @@ def test_recursion_is_deterministic_under_a_seed_and_resumes(tiny, tmp_path):
     assert {"test_ppl", "data_gen0_ppl_seq_median", "distinct_2", "vocab_share", "best_epoch"} <= set(m.columns)
 
 
+def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
+    """parallel_runs only changes where the seeds run: two spawned workers with one thread each
+    reproduce the in-process run (metrics, per-sequence perplexities, continuations)."""
+    data, base, _ = tiny
+    p = {**TINY, "seeds": 2, "generations": 1, "parallel_runs": 1}
+    one = lm.run_setting(p, data, base, "b", tmp_path / "one", progress=False)
+    two = lm.run_setting({**p, "parallel_runs": 2}, data, base, "b", tmp_path / "two", progress=False)
+    assert sorted(one.metrics.seed.unique()) == [0, 1]
+    cols = ["seed", "generation", "metric"]
+    a, b = (r.metrics.sort_values(cols).reset_index(drop=True) for r in (one, two))
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    pd.testing.assert_frame_equal(one.per_seq, two.per_seq, rtol=1e-5)
+    pd.testing.assert_frame_equal(one.examples, two.examples)
+    assert (one.bookkeeping.n_real.tolist(), two.bookkeeping.n_real.tolist()) == ([20, 2] * 2, [20, 2] * 2)
+
+
 # ---------------------------------------------------------------------------------------------
 # parameters
 # ---------------------------------------------------------------------------------------------
