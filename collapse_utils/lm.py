@@ -25,6 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,19 @@ def _sha(*tensors_or_objs) -> str:
     return h.hexdigest()[:16]
 
 
+def _source_key(*modules) -> str:
+    """A hash of the source of package modules: results cached under it are not reused by other code."""
+    import inspect
+
+    h = hashlib.sha256()
+    for mod in modules:
+        try:
+            h.update(inspect.getsource(mod).encode())
+        except (OSError, TypeError):
+            h.update(mod.__name__.encode())
+    return h.hexdigest()[:12]
+
+
 @dataclass
 class Base:
     """The model every generation starts from: a hub name, or a folder with a locally pretrained OPT."""
@@ -236,6 +250,13 @@ def _folder_bytes(path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def _train_code_key() -> str:
+    """Fitted models and beam-search outputs are cached by content; the key includes the code that made them."""
+    from . import lm_train
+
+    return _source_key(lm_train)
+
+
 @dataclass
 class FittedLM:
     """A fine-tuned generation: where its weights are and how training went."""
@@ -280,7 +301,7 @@ class LMCollapse(Experiment):
     def fit(self, data: torch.Tensor, ctx: GenerationContext) -> FittedLM:
         seed = ctx.int_seed("fit")
         fp = _sha({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr, "bs": self.batch_size,
-                   "seed": seed, "patience": self.patience}, data, self.data.valid)
+                   "seed": seed, "patience": self.patience, "code": _train_code_key()}, data, self.data.valid)
         out = self.model_dir / f"model-{fp}"
         meta = out / "fit.json"
         if meta.exists():  # same base, data, settings and seed: the fit is deterministic, reuse it
@@ -314,8 +335,8 @@ class LMCollapse(Experiment):
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
         prompts = self.prompts_for(n, ctx)
         # beam search is deterministic: its output is stored beside the model and reused by a rerun
-        key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size},
-                   prompts)
+        key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
+                    "code": _train_code_key()}, prompts)
         cached = Path(model.path) / f"continuations-{key}.pt"
         if cached.exists():
             return torch.load(cached)
@@ -388,7 +409,7 @@ def _run_seed(job: dict) -> tuple:
                      p["gen_batch_size"], regime.n_synthetic(len(data.train)), p["prompt_index"], ckpt / "models",
                      progress=job["progress"], patience=p["patience"])
     res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
-                        checkpoint_dir=ckpt / f"{job['setting']}-seed{seed}", progress=job["progress"],
+                        checkpoint_dir=ckpt / f"{job['setting']}-{job['code']}" / f"seed{seed}", progress=job["progress"],
                         columns={"setting": job["setting"], "epochs": spec["epochs"],
                                  "repetition_penalty": spec["penalty"]})
     return res.metrics, res.bookkeeping.assign(seed=seed), exp.state["per_seq"], exp.state["examples"]
@@ -398,8 +419,10 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
                 progress: bool = True) -> SettingResult:
     """Run one setting -- (a), (b) or the repetition-penalty ablation -- for its seeds.
 
-    Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
-    so an interrupted run resumes; fitted models live (content-addressed) in ``run_dir/checkpoints/models``.
+    Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-<code>/seed<k>``
+    (``<code>`` a hash of this module, so that changed code starts a new folder instead of refusing the
+    old one), so an interrupted run resumes; fitted models and their beam-search outputs live
+    (content-addressed, keyed by the training code too) in ``run_dir/checkpoints/models`` and are reused.
     With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes, one torch
     thread each (:func:`collapse_utils.parallel.run_jobs`); the results are the same either way.
     """
@@ -415,7 +438,8 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
         workers = 1
     threads = max(1, int(os.environ.get("COLLAPSE_TORCH_THREADS", "2")) // workers) if workers > 1 else None
     jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": setting, "seed": seed, "ckpt": ckpt,
-             "progress": progress and workers == 1, "threads": threads} for seed in spec["seeds"]]
+             "progress": progress and workers == 1, "threads": threads, "code": _source_key(sys.modules[__name__])}
+            for seed in spec["seeds"]]
     t0 = time.time()
     results = run_jobs(_run_seed, jobs, workers, progress=progress and workers > 1, desc=f"setting {setting}: seeds")
     mets, seqs, exs, books = [], [], [], []
@@ -504,6 +528,7 @@ def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
     (seeds pooled): one row per generation, one column per setting, log x axis, share of sequences per
     bin (bins of equal width in log perplexity)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
     labels = _labels(p)
     wanted = list(generations if generations is not None else p["hist_generations"])
@@ -512,6 +537,7 @@ def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
     vals = d_ab["perplexity"].to_numpy()
     vals = vals[np.isfinite(vals) & (vals > 0)]
     bins = np.logspace(np.log10(vals.min()) - 0.05, np.log10(vals.max()) + 0.05, 60)
+    ticks = [m * 10.0**e for e in range(-1, 7) for m in (1, 2, 5) if bins[0] <= m * 10.0**e <= bins[-1]]
     fig, axes = plt.subplots(len(gens), 2, figsize=(11, 1.25 * len(gens) + 1.2), sharex=True, squeeze=False)
     colors = palette(len(gens))
     for col, s in enumerate(("a", "b")):
@@ -523,10 +549,14 @@ def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
                 ax.hist(x, bins=bins, weights=np.full(len(x), 1 / len(x)), color=c, alpha=0.8)
                 ax.axvline(np.median(x), color="k", lw=1, ls=":")
             ax.set_xscale("log")
+            # plain numbers at 1-2-5 steps instead of crowded log-axis labels
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
             ax.set_ylabel(f"gen {g}" + (" (real)" if g == 0 else ""), rotation=0, ha="right", va="center")
             ax.tick_params(axis="y", labelsize="x-small")
         axes[0, col].set_title(labels[s])
-        axes[-1, col].set_xlabel("perplexity of a training sequence under the generation-0 model")
+    fig.supxlabel("perplexity of a training sequence under the generation-0 model (log scale)", fontsize="small")
     fig.supylabel("share of sequences per bin (dotted: median)", fontsize="small")
     fig.tight_layout()
     return fig

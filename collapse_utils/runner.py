@@ -120,6 +120,10 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* overrides; keeps rendered pages clean
     os.environ.setdefault("PYTHONPATH", str(root))
+    # the kernel runs in notebooks/: paths given relative to where this command was started must not break
+    for var in ("COLLAPSE_DATA_DIR", "COLLAPSE_RESULTS_DIR"):
+        if os.environ.get(var):
+            os.environ[var] = str(Path(os.environ[var]).resolve())
     try:
         with tempfile.TemporaryDirectory() as tmp:
             src = Path(tmp) / f"{chapter.slug}.ipynb"

@@ -1,5 +1,6 @@
 """Chapter sources: paired, output-free notebooks for Colab; chapters execute under papermill."""
 import json
+import os
 import re
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def test_chapter_01_smoke_run(smoke_chapter, read_executed, results_tmp):
     # parameters were injected after the parameters cell, not into the source
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     assert re.search(r"seeds = 200", text)
+
+
+def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path):
+    """The kernel runs in notebooks/: a COLLAPSE_DATA_DIR given relative to the caller's folder is
+    resolved before papermill starts it, and the caller's environment is restored afterwards."""
+    import papermill
+
+    from collapse_utils import runner
+
+    seen = {}
+
+    def fake_execute(src, out, **kw):
+        seen["data"] = os.environ["COLLAPSE_DATA_DIR"]
+        seen["cwd"] = kw["cwd"]
+        Path(out).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(runner, "_tidy_executed", lambda out: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLLAPSE_DATA_DIR", "some/relative/data")
+    runner.execute_chapter("01", "smoke", output_dir=tmp_path / "out", progress=False)
+    assert seen["data"] == str(tmp_path / "some/relative/data") and Path(seen["data"]).is_absolute()
+    assert seen["cwd"] != str(tmp_path)
+    assert os.environ["COLLAPSE_DATA_DIR"] == "some/relative/data"
