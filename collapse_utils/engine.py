@@ -45,7 +45,7 @@ def progress_disabled(progress: bool = True) -> bool:
     """True when progress bars are off: asked for, or TQDM_DISABLE set (the runner sets it for rendered pages)."""
     return (not progress) or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 TIDY_COLUMNS = ["experiment", "regime", "seed", "generation", "metric", "value"]
 
 
@@ -190,7 +190,9 @@ def run_recursion(
         default: the size of the real data.  ``accumulate`` adds this many samples per generation.
     record: generations at which ``evaluate`` runs (default: all); 0 and the last always are.
     checkpoint_dir: where the run checkpoints (``state.pkl``) after each ``checkpoint_every``
-        generations and at the end; an existing checkpoint of the same run is resumed.
+        generations and at the end; an existing checkpoint of the same run is resumed, one written
+        by another version of the experiment's code is recomputed (with a warning), and one of a
+        different run (experiment, regime, seed, data size) is refused.
     keep_models: keep fitted models in memory (True for all, or an iterable of generations).
     columns: constant extra columns for the tidy table (the varied parameters).
     """
@@ -231,8 +233,9 @@ def run_recursion(
 
     ckpt_path = Path(checkpoint_dir) / "state.pkl" if checkpoint_dir is not None else None
     code = _code_version(type(experiment))
+    # which run a checkpoint belongs to; the version of the code that wrote it is stored beside it
     fingerprint = hashlib.sha256(
-        repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()), code)).encode()
+        repr((name, str(regime), int(seed), seeds, batched, n_real, sorted(extra.items()))).encode()
     ).hexdigest()[:16]
 
     records: list[tuple[int, str, np.ndarray]] = []
@@ -241,16 +244,26 @@ def run_recursion(
     start = 0
     comp = regime.start(real, batched)
     resumed_from = None
+    state = None
     if ckpt_path is not None and ckpt_path.exists() and resume:
         try:
             state = pickle.loads(ckpt_path.read_bytes())
         except Exception as exc:  # a truncated or foreign file
             raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it to start afresh") from exc
-        if state.get("version") != CHECKPOINT_VERSION or state.get("fingerprint") != fingerprint:
+        stale = state.get("version") != CHECKPOINT_VERSION or (
+            state.get("fingerprint") == fingerprint and state.get("code") != code)
+        if not stale and state.get("fingerprint") != fingerprint:
             raise RuntimeError(
-                f"checkpoint {ckpt_path} belongs to a different run (experiment, its code, regime, seed or "
-                "data differ); delete that folder to start afresh, pass another checkpoint_dir, or resume=False"
+                f"checkpoint {ckpt_path} belongs to a different run (experiment, regime, seed or data "
+                "differ); delete that folder to start afresh, pass another checkpoint_dir, or resume=False"
             )
+        if stale:  # this run, written by older code: its results are out of date, so they are recomputed
+            import warnings
+
+            warnings.warn(f"checkpoint {ckpt_path} was written by another version of the code; recomputing "
+                          "this run from generation 0 (the checkpoint is replaced)", stacklevel=2)
+            state = None
+    if state is not None:
         start = state["next_generation"]
         comp, records, books, models = state["composition"], state["records"], state["books"], state["models"]
         if state.get("complete") and start <= generations:
@@ -273,6 +286,7 @@ def run_recursion(
             "complete": complete,
             "version": CHECKPOINT_VERSION,
             "fingerprint": fingerprint,
+            "code": code,
             "next_generation": next_generation,
             "composition": comp,
             "records": records,

@@ -420,8 +420,8 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
     """Run one setting -- (a), (b) or the repetition-penalty ablation -- for its seeds.
 
     Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-<code>/seed<k>``
-    (``<code>`` a hash of this module, so that changed code starts a new folder instead of refusing the
-    old one), so an interrupted run resumes; fitted models and their beam-search outputs live
+    (``<code>`` a hash of this module, so that the results of other versions of the code are kept, not
+    overwritten), so an interrupted run resumes; fitted models and their beam-search outputs live
     (content-addressed, keyed by the training code too) in ``run_dir/checkpoints/models`` and are reused.
     With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes, one torch
     thread each (:func:`collapse_utils.parallel.run_jobs`); the results are the same either way.

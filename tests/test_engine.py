@@ -89,6 +89,24 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         run_recursion(Scalar(), real(), 2, seed=1, checkpoint_dir=tmp_path, progress=False)
 
 
+def test_checkpoint_written_by_other_code_is_recomputed_not_resumed(tmp_path, monkeypatch):
+    """Same run, changed code: the old results are out of date, so the run starts again (with a
+    warning) and replaces the checkpoint, instead of resuming or refusing."""
+    from collapse_utils import engine
+
+    first = run_recursion(Scalar(), real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.setattr(engine, "_code_version", lambda cls: "edited")
+    again = Scalar()
+    with pytest.warns(UserWarning, match="another version of the code"):
+        res = run_recursion(again, real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from is None and again.fits == list(range(5))
+    pd.testing.assert_frame_equal(res.metrics, first.metrics)
+    # the replaced checkpoint now belongs to the new code: the next call resumes without fitting
+    third = Scalar()
+    assert run_recursion(third, real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False).resumed_from == 5
+    assert third.fits == []
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"generations": -1}, "generations"),
     ({"generations": 2.5}, "generations"),
