@@ -654,6 +654,7 @@ def summary_numbers(metrics: pd.DataFrame) -> dict:
 def histogram_table(per_seq: pd.DataFrame, generations=None) -> pd.DataFrame:
     """Quantiles of the per-sequence perplexities under model 0, per setting and generation (seeds pooled)."""
     d = per_seq if generations is None else per_seq[per_seq["generation"].isin(list(generations))]
+    d = d.assign(perplexity=d["perplexity"].astype(np.float64))  # stored as float32; report plain decimals
     q = d.groupby(["setting", "generation"])["perplexity"]
     return pd.DataFrame({"sequences": q.size(), "5%": q.quantile(0.05), "median": q.median(),
                          "95%": q.quantile(0.95), "max": q.max()}).reset_index()
