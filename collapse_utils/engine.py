@@ -38,7 +38,7 @@ from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
 
 __all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
-           "progress_disabled"]
+           "progress_disabled", "source_hash"]
 
 
 def progress_disabled(progress: bool = True) -> bool:
@@ -129,14 +129,22 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
+def source_hash(*modules, length: int = 16) -> str:
+    """A hash of the source code of modules: results stored under it are not reused by other code."""
+    h = hashlib.sha256()
+    for mod in modules:
+        try:
+            h.update(inspect.getsource(mod).encode())
+        except (OSError, TypeError):
+            h.update(mod.__name__.encode())
+    return h.hexdigest()[:length]
+
+
 def _code_version(cls: type) -> str:
     """A hash of the package module defining the experiment: a checkpoint written by other code is not resumed."""
     for klass in cls.__mro__:
-        if klass.__module__.startswith("collapse_utils."):
-            try:
-                return hashlib.sha256(inspect.getsource(sys.modules[klass.__module__]).encode()).hexdigest()[:16]
-            except (OSError, TypeError, KeyError):
-                break
+        if klass.__module__.startswith("collapse_utils.") and klass.__module__ in sys.modules:
+            return source_hash(sys.modules[klass.__module__])
     return cls.__qualname__
 
 

@@ -22,10 +22,10 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import functools
 import hashlib
 import json
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from .config import Checker
-from .engine import Experiment, GenerationContext, run_recursion
+from .engine import Experiment, GenerationContext, run_recursion, source_hash
 from .lm_data import DATA_CONFIGS, LMData, diversity, load_tokenizer, prepare_lm_data
 from .lm_train import (
     FitInfo,
@@ -169,19 +169,6 @@ def _sha(*tensors_or_objs) -> str:
     return h.hexdigest()[:16]
 
 
-def _source_key(*modules) -> str:
-    """A hash of the source of package modules: results cached under it are not reused by other code."""
-    import inspect
-
-    h = hashlib.sha256()
-    for mod in modules:
-        try:
-            h.update(inspect.getsource(mod).encode())
-        except (OSError, TypeError):
-            h.update(mod.__name__.encode())
-    return h.hexdigest()[:12]
-
-
 @dataclass
 class Base:
     """The model every generation starts from: a hub name, or a folder with a locally pretrained OPT."""
@@ -250,11 +237,12 @@ def _folder_bytes(path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+@functools.lru_cache(maxsize=1)
 def _train_code_key() -> str:
     """Fitted models and beam-search outputs are cached by content; the key includes the code that made them."""
     from . import lm_train
 
-    return _source_key(lm_train)
+    return source_hash(lm_train)
 
 
 @dataclass
@@ -400,16 +388,13 @@ class SettingResult:
 
 def _run_seed(job: dict) -> tuple:
     """One setting x seed through the engine (in this process or in a worker process)."""
-    if job["threads"]:
-        os.environ["COLLAPSE_TORCH_THREADS"] = str(job["threads"])
-        torch.set_num_threads(job["threads"])
     p, spec, data, seed, ckpt = job["p"], job["spec"], job["data"], job["seed"], job["ckpt"]
     regime = parse_regime(spec["regime"])
     exp = LMCollapse(job["base"], data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
                      p["gen_batch_size"], regime.n_synthetic(len(data.train)), p["prompt_index"], ckpt / "models",
                      progress=job["progress"], patience=p["patience"])
     res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
-                        checkpoint_dir=ckpt / f"{job['setting']}-{job['code']}" / f"seed{seed}", progress=job["progress"],
+                        checkpoint_dir=ckpt / f"{job['setting']}-seed{seed}", progress=job["progress"],
                         columns={"setting": job["setting"], "epochs": spec["epochs"],
                                  "repetition_penalty": spec["penalty"]})
     return res.metrics, res.bookkeeping.assign(seed=seed), exp.state["per_seq"], exp.state["examples"]
@@ -419,10 +404,10 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
                 progress: bool = True) -> SettingResult:
     """Run one setting -- (a), (b) or the repetition-penalty ablation -- for its seeds.
 
-    Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-<code>/seed<k>``
-    (``<code>`` a hash of this module, so that the results of other versions of the code are kept, not
-    overwritten), so an interrupted run resumes; fitted models and their beam-search outputs live
-    (content-addressed, keyed by the training code too) in ``run_dir/checkpoints/models`` and are reused.
+    Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
+    so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
+    beam-search outputs live (content-addressed, keyed by the training code too) in
+    ``run_dir/checkpoints/models`` and are reused.
     With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes, one torch
     thread each (:func:`collapse_utils.parallel.run_jobs`); the results are the same either way.
     """
@@ -436,12 +421,11 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
     workers = int(p.get("parallel_runs", 1))
     if torch.cuda.is_available() or len(spec["seeds"]) < 2:
         workers = 1
-    threads = max(1, int(os.environ.get("COLLAPSE_TORCH_THREADS", "2")) // workers) if workers > 1 else None
     jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": setting, "seed": seed, "ckpt": ckpt,
-             "progress": progress and workers == 1, "threads": threads, "code": _source_key(sys.modules[__name__])}
-            for seed in spec["seeds"]]
+             "progress": progress and workers == 1} for seed in spec["seeds"]]
     t0 = time.time()
-    results = run_jobs(_run_seed, jobs, workers, progress=progress and workers > 1, desc=f"setting {setting}: seeds")
+    results = run_jobs(_run_seed, jobs, workers, threads=int(os.environ.get("COLLAPSE_TORCH_THREADS", "2")),
+                       progress=progress and workers > 1, desc=f"setting {setting}: seeds")
     mets, seqs, exs, books = [], [], [], []
     for job, (metrics, book, per_seq, examples) in zip(jobs, results):
         seed = job["seed"]

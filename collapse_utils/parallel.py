@@ -7,20 +7,32 @@ every run derives its randomness from its own seed.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["run_jobs"]
 
 
-def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, progress: bool = True,
-             desc: str = "runs", label: Callable[[Any], str] | None = None) -> list:
+def _in_worker(task: tuple) -> Any:
+    """Run one job in a worker process with its share of the torch threads."""
+    fn, job, threads = task
+    import torch
+
+    os.environ["COLLAPSE_TORCH_THREADS"] = str(threads)  # read by code that caps its own threads
+    torch.set_num_threads(threads)
+    return fn(job)
+
+
+def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, threads: int = 2,
+             progress: bool = True, desc: str = "runs", label: Callable[[Any], str] | None = None) -> list:
     """``[fn(job) for job in jobs]``, in job order, with a progress bar over the jobs.
 
     ``workers > 1`` runs them in that many *spawned* worker processes (not forked: a forked child of
     a process that already ran OpenMP code can hang), so ``fn`` must be a module-level function and
-    each job picklable; ``fn`` sets its own thread count.  A failing job raises here, with its
-    traceback, once the jobs already started have finished.
+    each job picklable; the ``threads`` torch threads are shared out, ``threads // workers`` (at
+    least one) per worker.  A failing job raises here, with its traceback, once the jobs already
+    started have finished.
     """
     from tqdm.auto import tqdm
 
@@ -42,7 +54,8 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, pr
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(fn, job) for job in jobs]
+                per = max(1, int(threads) // workers)
+                futures = [pool.submit(_in_worker, (fn, job, per)) for job in jobs]
                 for fut in futures:
                     results.append(fut.result())
                     bar.update()

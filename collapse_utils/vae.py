@@ -552,14 +552,12 @@ def load_classifier(params: dict, progress: bool = True):
 
 
 def _code_key() -> str:
-    """A hash of this module's source: checkpoints written by other code go to other folders."""
-    import inspect
+    """A hash of this module's source: cached generation-0 models written by other code are not reused."""
     import sys
 
-    try:
-        return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:10]
-    except (OSError, TypeError):
-        return "unknown"
+    from .engine import source_hash
+
+    return source_hash(sys.modules[__name__], length=10)
 
 
 def _run_key(params: dict, cfg: TrainConfig) -> str:
@@ -575,8 +573,6 @@ def _run_one(job: dict) -> tuple:
     """One condition x seed through the engine (runs in this process or in a worker process)."""
     from .engine import run_recursion
 
-    if job.get("threads"):
-        torch.set_num_threads(job["threads"])
     cfg, cond, seed, root = job["cfg"], job["condition"], job["seed"], job["root"]
     clf = job["classifier"]
     if isinstance(clf, dict):  # a state dict sent to a worker process
@@ -623,18 +619,17 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
     base = {"cfg": cfg, "root": root, "run_key": _run_key(params, cfg), "steps": steps,
             "generations": params["generations"], "n_eval": params["n_eval"],
             "train_x": data["train_x"], "test_x": data["test_x"], "classifier": classifier,
-            "progress": progress and workers == 1, "threads": None}
+            "progress": progress and workers == 1}
     # condition-major order: the first condition's runs fit (and cache) every seed's generation 0
     # extra tidy columns (not "n_train": the engine's bookkeeping uses that name per generation)
     jobs = [dict(base, condition=c, seed=s, columns={"condition": c.label, "synthetic": c.synthetic,
                                                      "real_subset": params["n_train"], "epochs": params["epochs"]})
             for c in conditions for s in seeds]
-    if workers > 1:
-        per = max(1, int(params["threads"]) // workers)
-        clf_state = None if classifier is None else {k: v.cpu() for k, v in classifier.state_dict().items()}
+    if workers > 1 and classifier is not None:  # a state dict pickles cheaply to the workers
+        clf_state = {k: v.cpu() for k, v in classifier.state_dict().items()}
         for job in jobs:
-            job.update(threads=per, classifier=clf_state)
-    results = run_jobs(_run_one, jobs, workers, progress=progress, desc="conditions x seeds",
+            job["classifier"] = clf_state
+    results = run_jobs(_run_one, jobs, workers, threads=params["threads"], progress=progress, desc="conditions x seeds",
                        label=lambda j: f"{j['condition'].label}, seed {j['seed']}")
     metrics = pd.concat([r[0] for r in results], ignore_index=True)
     book = pd.concat([r[1] for r in results], ignore_index=True)
