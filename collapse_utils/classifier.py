@@ -133,22 +133,29 @@ def load_or_train(cfg: ClassifierConfig = ClassifierConfig(), cache: str | os.Pa
     from .mnist import mnist_tensor
 
     folder = None if cache is False else Path(cache) if cache not in (None, True) else _default_cache()
-    fname = folder / f"mnist_cnn-{cfg.key()}.pt" if folder else None
-    if fname is not None and fname.exists():
-        try:
-            blob = torch.load(fname, map_location="cpu", weights_only=True)
-            if blob.get("config") == json.dumps(asdict(cfg), sort_keys=True):
-                model = MnistCNN()
-                model.load_state_dict(blob["state_dict"])
-                return model.eval(), float(blob["test_accuracy"])
-        except (OSError, RuntimeError, KeyError, ValueError, EOFError):
-            fname.unlink(missing_ok=True)  # an unreadable cache entry: retrain and overwrite it
+    from .parallel import thread_tag
+    from .storage import read_cache
+
+    # the thread count is part of the key: weights trained with other threads differ in the last bits
+    fname = folder / f"mnist_cnn-{cfg.key()}-{thread_tag()}.pt" if folder else None
+
+    def load(path):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("config") != json.dumps(asdict(cfg), sort_keys=True):
+            raise ValueError("trained with another configuration")
+        model = MnistCNN()
+        model.load_state_dict(blob["state_dict"])
+        return model.eval(), float(blob["test_accuracy"])
+
+    hit = read_cache(fname, load, "cached classifier") if fname is not None else None
+    if hit is not None:
+        return hit
     x, y = mnist_tensor("train", cfg.n_train, seed=cfg.seed, path=data_path, download=download)
     model = train_classifier(x, y, cfg, progress=progress)
     xt, yt = mnist_tensor("test", path=data_path, download=download)
     acc = evaluate_accuracy(model, xt, yt)
     if fname is not None:
-        from .engine import atomic_write_bytes
+        from .storage import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save({"state_dict": model.state_dict(), "test_accuracy": acc,

@@ -19,12 +19,14 @@ written atomically, resumption after an interruption, and the tidy results table
 """
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import inspect
 import os
 import pickle
+import re
 import sys
-import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +38,18 @@ from tqdm.auto import tqdm
 
 from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
+from .storage import atomic_write_bytes
 
 __all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
-           "progress_disabled", "source_hash"]
+           "progress_disabled", "source_hash", "Checkpoints"]
 
 
 def progress_disabled(progress: bool = True) -> bool:
     """True when progress bars are off: asked for, or TQDM_DISABLE set (the runner sets it for rendered pages)."""
     return (not progress) or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+KEEP_CHECKPOINTS = 2  # the newest two: a damaged newest one costs one generation, not the run
 TIDY_COLUMNS = ["experiment", "regime", "seed", "generation", "metric", "value"]
 
 
@@ -107,28 +111,6 @@ class RecursionResult:
         return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write a file so that a crash leaves either the old or the new version, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def source_hash(*modules, length: int = 16) -> str:
     """A hash of the source code of modules: results stored under it are not reused by other code."""
     h = hashlib.sha256()
@@ -141,11 +123,75 @@ def source_hash(*modules, length: int = 16) -> str:
 
 
 def _code_version(cls: type) -> str:
-    """A hash of the package module defining the experiment: a checkpoint written by other code is not resumed."""
+    """A hash of the package module defining the experiment, and the torch thread count it computes
+    with: a checkpoint written by other code, or with other threads, is not resumed (its numbers
+    could differ in the last bits from what this run computes)."""
+    from .parallel import thread_tag
+
     for klass in cls.__mro__:
         if klass.__module__.startswith("collapse_utils.") and klass.__module__ in sys.modules:
-            return source_hash(sys.modules[klass.__module__])
-    return cls.__qualname__
+            return f"{source_hash(sys.modules[klass.__module__])}-{thread_tag()}"
+    return f"{cls.__qualname__}-{thread_tag()}"
+
+
+_CKPT_RE = re.compile(r"^state-(\d{5})\.pkl$")
+
+
+class Checkpoints:
+    """A run's checkpoints: ``state-<next generation>.pkl`` files (the newest two are kept) and a
+    plain-text ``journal.log`` saying what each execution did (started, resumed, finished)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def files(self) -> list[Path]:
+        """Checkpoint files, newest first."""
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def log(self, message: str) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().isoformat(timespec="seconds")
+        with open(self.folder / "journal.log", "a") as fh:
+            fh.write(f"{stamp} {message}\n")
+
+    def journal(self) -> list[str]:
+        path = self.folder / "journal.log"
+        return [line.split(" ", 1)[1] for line in path.read_text().splitlines()] if path.exists() else []
+
+    def load_newest(self) -> dict | None:
+        """The newest readable checkpoint; an unreadable one is named in a warning, removed, and the
+        one before it is used (that generation is recomputed)."""
+        legacy = self.folder / "state.pkl"
+        if legacy.exists():  # format 2 and older: written by older code, recomputed
+            warnings.warn(f"checkpoint {legacy} has an older format; recomputing this run", stacklevel=3)
+            legacy.unlink()
+        for path in self.files():
+            try:
+                state = pickle.loads(path.read_bytes())
+                if not isinstance(state, dict) or "next_generation" not in state:
+                    raise ValueError("not a checkpoint of this engine")
+            except Exception as exc:  # noqa: BLE001 - truncated, overwritten, foreign: never a deep stack trace
+                warnings.warn(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
+                              "removing it and falling back to the previous one", RuntimeWarning, stacklevel=3)
+                self.log(f"unreadable checkpoint {path.name} removed ({type(exc).__name__})")
+                path.unlink(missing_ok=True)
+                continue
+            state["_file"] = path.name
+            return state
+        return None
+
+    def save(self, state: dict) -> None:
+        path = self.folder / f"state-{state['next_generation']:05d}.pkl"
+        atomic_write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        for old in self.files()[KEEP_CHECKPOINTS:]:
+            old.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink(missing_ok=True)
 
 
 def _sizes_fn(sizes: int | Sequence[int] | Callable[[int], int] | None, n_real: int) -> Callable[[int], int]:
@@ -197,10 +243,12 @@ def run_recursion(
     sizes: training-set size per generation ``g >= 1`` (int, sequence or function of g);
         default: the size of the real data.  ``accumulate`` adds this many samples per generation.
     record: generations at which ``evaluate`` runs (default: all); 0 and the last always are.
-    checkpoint_dir: where the run checkpoints (``state.pkl``) after each ``checkpoint_every``
-        generations and at the end; an existing checkpoint of the same run is resumed, one written
-        by another version of the experiment's code is recomputed (with a warning), and one of a
-        different run (experiment, regime, seed, data size) is refused.
+    checkpoint_dir: where the run checkpoints (``state-<next generation>.pkl``, the newest two kept)
+        after each ``checkpoint_every`` generations and at the end, and keeps ``journal.log``; the
+        newest readable checkpoint of the same run is resumed (an unreadable one is named in a
+        warning, removed, and the one before it used), one written by another version of the
+        experiment's code or with another torch thread count is recomputed (with a warning), and one
+        of a different run (experiment, regime, seed, data size) is refused.
     keep_models: keep fitted models in memory (True for all, or an iterable of generations).
     columns: constant extra columns for the tidy table (the varied parameters).
     """
@@ -239,7 +287,7 @@ def run_recursion(
     name = getattr(experiment, "name", type(experiment).__name__)
     extra = dict(columns or {})
 
-    ckpt_path = Path(checkpoint_dir) / "state.pkl" if checkpoint_dir is not None else None
+    ckpts = Checkpoints(checkpoint_dir) if checkpoint_dir is not None else None
     code = _code_version(type(experiment))
     # which run a checkpoint belongs to; the version of the code that wrote it is stored beside it
     fingerprint = hashlib.sha256(
@@ -252,24 +300,21 @@ def run_recursion(
     start = 0
     comp = regime.start(real, batched)
     resumed_from = None
-    state = None
-    if ckpt_path is not None and ckpt_path.exists() and resume:
-        try:
-            state = pickle.loads(ckpt_path.read_bytes())
-        except Exception as exc:  # a truncated or foreign file
-            raise RuntimeError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it to start afresh") from exc
+    state = ckpts.load_newest() if ckpts is not None and resume else None
+    if state is not None:
         stale = state.get("version") != CHECKPOINT_VERSION or (
             state.get("fingerprint") == fingerprint and state.get("code") != code)
         if not stale and state.get("fingerprint") != fingerprint:
             raise RuntimeError(
-                f"checkpoint {ckpt_path} belongs to a different run (experiment, regime, seed or data "
-                "differ); delete that folder to start afresh, pass another checkpoint_dir, or resume=False"
+                f"checkpoint {ckpts.folder / state['_file']} belongs to a different run (experiment, regime, seed "
+                "or data differ); delete that folder to start afresh, pass another checkpoint_dir, or resume=False"
             )
-        if stale:  # this run, written by older code: its results are out of date, so they are recomputed
-            import warnings
-
-            warnings.warn(f"checkpoint {ckpt_path} was written by another version of the code; recomputing "
-                          "this run from generation 0 (the checkpoint is replaced)", stacklevel=2)
+        if stale:  # this run, written by older code or with other threads: out of date, so recomputed
+            warnings.warn(f"checkpoint {ckpts.folder / state['_file']} was written by another version of the code "
+                          "or with another thread count; recomputing this run from generation 0 (the checkpoint "
+                          "is replaced)", stacklevel=2)
+            ckpts.log(f"stale checkpoint {state['_file']} (other code or threads): recomputing from generation 0")
+            ckpts.clear()
             state = None
     if state is not None:
         start = state["next_generation"]
@@ -286,11 +331,14 @@ def run_recursion(
             start = generations + 1
         experiment.set_state(state["experiment_state"]) if hasattr(experiment, "set_state") else None
         resumed_from = start
+        ckpts.log(f"resumed from {state['_file']} at generation {start}")
+    elif ckpts is not None:
+        ckpts.log("started at generation 0")
 
     def save(next_generation: int, complete: bool = False) -> None:
-        if ckpt_path is None:
+        if ckpts is None:
             return
-        state = {
+        ckpts.save({
             "complete": complete,
             "version": CHECKPOINT_VERSION,
             "fingerprint": fingerprint,
@@ -301,12 +349,13 @@ def run_recursion(
             "books": books,
             "models": models,
             "experiment_state": experiment.get_state() if hasattr(experiment, "get_state") else None,
-        }
-        atomic_write_bytes(ckpt_path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        })
 
     bar = tqdm(range(start, generations + 1), desc=f"{name} [{regime}]", disable=progress_disabled(progress),
                initial=start, total=generations + 1, leave=False)
     for g in bar:
+        if ckpts is not None:
+            ckpts.log(f"generation {g} started")
         ctx = GenerationContext(seed=int(seed), generation=g, seeds=seeds if batched else None,
                                 artifact_dir=Path(checkpoint_dir) / f"gen_{g:04d}" if checkpoint_dir else None)
         model = experiment.fit(comp.data, ctx)
@@ -329,6 +378,8 @@ def run_recursion(
                 save(g + 1)
         else:
             save(g + 1, complete=True)
+            if ckpts is not None:
+                ckpts.log(f"finished: generations 0-{generations}")
     bar.close()
 
     seed_arr = np.asarray(seeds)

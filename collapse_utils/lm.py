@@ -38,7 +38,6 @@ from .engine import Experiment, GenerationContext, run_recursion, source_hash
 from .lm_data import DATA_CONFIGS, LMData, diversity, load_tokenizer, prepare_lm_data
 from .lm_train import (
     FitInfo,
-    cap_threads,
     finetune,
     generate_continuations,
     load_model,
@@ -101,7 +100,7 @@ def validate_params(p: dict) -> None:
     c.int("block_size", 2, 1024).int("num_beams", 1, 64).float("repetition_penalty", 0.0, 100.0, open_lo=True)
     c.int("epochs_a", 1, 1000).int("epochs_b", 1, 1000).float("keep_fraction", 0.0, 1.0, open_lo=True, open_hi=True)
     c.float("lr", 0.0, 1.0, open_lo=True).int("batch_size", 1, 1 << 16).int("gen_batch_size", 1, 1 << 16)
-    c.int("patience", 0, 1000).int("parallel_runs", 1, 64)
+    c.int("patience", 0, 1000).int("parallel_runs", 1, 64).int("threads_per_run", 1, 256)
     c.float("ablation_penalty", 0.0, 100.0, open_lo=True).int("ablation_seeds", 0, 100)
     c.ints("hist_generations", lo=0).int("prompt_index", 0)
     ok = not c.problems
@@ -194,20 +193,35 @@ class Base:
 def prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress: bool = True) -> Base:
     """The pretrained base.  For ``model_name='local-opt'``: a small OPT initialised (seeded),
     saved with ``save_pretrained``, pretrained on the held-out training blocks and saved again --
-    cached in ``cache_root`` under a fingerprint of everything that shapes it."""
-    cap_threads()
+    cached in ``cache_root`` under a fingerprint of everything that shapes it (the per-run thread
+    count included: the base is computed with ``threads_per_run`` threads like every run)."""
+    from .parallel import run_threads
+
+    with run_threads(p["threads_per_run"]):
+        return _prepare_base(p, data, cache_root, progress)
+
+
+def _prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress: bool) -> Base:
+    from .parallel import thread_tag
+    from .storage import atomic_write_bytes, read_cache
+
     if p["model_name"] != LOCAL_MODEL:
         model = load_model(p["model_name"])
         ppl = perplexity_stats(sequence_nll(model, data.test), "test")["test_ppl"]
         return Base(p["model_name"], _sha(p["model_name"]), ppl, {"local": False})
     keys = {k: p[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "base_epochs", "base_lr",
                               "batch_size", "block_size")}
-    fp = _sha(keys, data.tokenizer_path, data.base, data.valid)
+    fp = _sha(keys, thread_tag(), data.tokenizer_path, data.base, data.valid)
     folder = Path(cache_root) / f"base-{fp}"
-    done = folder / "base.json"
-    if done.exists():
+
+    def load(done: Path) -> Base:
         meta = json.loads(done.read_text())
+        load_model(folder / "model")  # proves the weights are readable
         return Base(str(folder / "model"), fp, meta["test_ppl"], meta["info"])
+
+    hit = read_cache(folder / "base.json", load, "cached base model", remove=folder)
+    if hit is not None:
+        return hit
     tok = load_tokenizer(data.tokenizer_path)
     cfg = tiny_opt_config(len(tok), p["hidden_size"], p["num_layers"], p["num_heads"],
                           max_positions=2 * p["block_size"])
@@ -226,7 +240,7 @@ def prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress:
         "blocks": len(data.base), "best_val_loss": info.best_val_loss, "best_epoch": info.best_epoch,
         "seconds": info.seconds, "tokens_per_s": info.tokens_seen / max(info.seconds, 1e-9)}}
     shutil.rmtree(folder / "init", ignore_errors=True)
-    done.write_text(json.dumps(meta, indent=1))
+    atomic_write_bytes(folder / "base.json", json.dumps(meta, indent=1).encode())
     return Base(str(folder / "model"), fp, ppl, meta["info"])
 
 
@@ -287,18 +301,29 @@ class LMCollapse(Experiment):
 
     # -- protocol -------------------------------------------------------------------------------
     def fit(self, data: torch.Tensor, ctx: GenerationContext) -> FittedLM:
+        from .parallel import thread_tag
+        from .storage import atomic_write_bytes, read_cache
+
         seed = ctx.int_seed("fit")
         fp = _sha({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr, "bs": self.batch_size,
-                   "seed": seed, "patience": self.patience, "code": _train_code_key()}, data, self.data.valid)
+                   "seed": seed, "patience": self.patience, "code": _train_code_key(), "threads": thread_tag()},
+                  data, self.data.valid)
         out = self.model_dir / f"model-{fp}"
         meta = out / "fit.json"
-        if meta.exists():  # same base, data, settings and seed: the fit is deterministic, reuse it
-            info = FitInfo(**json.loads(meta.read_text()))
-        else:
+
+        def load(path: Path) -> FitInfo:
+            info = FitInfo(**json.loads(path.read_text()))
+            if not any(out.glob("*.safetensors")) and not any(out.glob("*.bin")):
+                raise FileNotFoundError("the fitted weights are missing")
+            return info
+
+        # same base, data, settings, seed and threads: the fit is deterministic, reuse it
+        info = read_cache(meta, load, "cached fine-tuned model", remove=out)
+        if info is None:
             info = finetune(self.base.path, data, self.data.valid, out, self.epochs, self.lr, self.batch_size,
                             seed, patience=self.patience, progress=self.progress,
                             desc=f"gen {ctx.generation}: fine-tune")
-            meta.write_text(json.dumps(asdict(info)))
+            atomic_write_bytes(meta, json.dumps(asdict(info)).encode())
         self._train = data
         # keep disk use bounded for big models (OPT-125m is 0.5 GB a copy): generation 0 stays, the previous
         # one goes; small models stay, so that a rerun after an interruption or a code change reuses them
@@ -323,18 +348,31 @@ class LMCollapse(Experiment):
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
         prompts = self.prompts_for(n, ctx)
         # beam search is deterministic: its output is stored beside the model and reused by a rerun
+        import io
+
+        from .parallel import thread_tag
+        from .storage import atomic_write_bytes, read_cache
+
         key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
-                    "code": _train_code_key()}, prompts)
+                    "code": _train_code_key(), "threads": thread_tag()}, prompts)
         cached = Path(model.path) / f"continuations-{key}.pt"
-        if cached.exists():
-            return torch.load(cached)
+
+        def load(path: Path) -> torch.Tensor:
+            out = torch.load(path, weights_only=True)
+            if not isinstance(out, torch.Tensor) or out.shape != (len(prompts), self.data.block_size):
+                raise ValueError(f"expected a tensor of shape {(len(prompts), self.data.block_size)}")
+            return out
+
+        hit = read_cache(cached, load, "cached beam-search continuations")
+        if hit is not None:
+            return hit
         m = load_model(model.path)
         out = generate_continuations(m, prompts, self.data.block_size, self.num_beams, self.repetition_penalty,
                                      self.gen_batch_size, progress=self.progress,
                                      desc=f"gen {ctx.generation}: beam search")
-        tmp = cached.with_suffix(".tmp")
-        torch.save(out, tmp)
-        os.replace(tmp, cached)
+        buf = io.BytesIO()
+        torch.save(out, buf)
+        atomic_write_bytes(cached, buf.getvalue())
         return out
 
     def _gen0_model(self):
@@ -408,8 +446,9 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
     so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
     beam-search outputs live (content-addressed, keyed by the training code too) in
     ``run_dir/checkpoints/models`` and are reused.
-    With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes, one torch
-    thread each (:func:`collapse_utils.parallel.run_jobs`); the results are the same either way.
+    With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes
+    (:func:`collapse_utils.parallel.run_jobs`); serial or parallel, each seed computes with
+    ``threads_per_run`` torch threads, so the results are identical either way.
     """
     import time
 
@@ -424,7 +463,7 @@ def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | 
     jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": setting, "seed": seed, "ckpt": ckpt,
              "progress": progress and workers == 1} for seed in spec["seeds"]]
     t0 = time.time()
-    results = run_jobs(_run_seed, jobs, workers, threads=int(os.environ.get("COLLAPSE_TORCH_THREADS", "2")),
+    results = run_jobs(_run_seed, jobs, workers, threads_per_run=p["threads_per_run"],
                        progress=progress and workers > 1, desc=f"setting {setting}: seeds")
     mets, seqs, exs, books = [], [], [], []
     for job, (metrics, book, per_seq, examples) in zip(jobs, results):

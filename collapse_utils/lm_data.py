@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .data import DataError, cache_dir, dataset_file
+from .storage import atomic_write_bytes, read_cache
 
 __all__ = [
     "DATA_CONFIGS",
@@ -244,11 +245,16 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
     root = Path(cache) if cache is not None else cache_dir() / "lm"
     folder = root / f"{config}-{tokenizer_name.replace('/', '--')}-{vocab_size if tokenizer_name == 'local-bpe' else 'x'}-{key}"
     done = folder / "done.json"
-    if done.exists():
-        info = json.loads(done.read_text())
+
+    def load(path: Path):
+        info = json.loads(path.read_text())
         ids = {s: np.load(folder / f"{s}.npy") for s in SPLITS}
         tok_path = str(folder / "tokenizer") if tokenizer_name == "local-bpe" else tokenizer_name
         return tok_path, ids, info
+
+    hit = read_cache(done, load, "cached tokenised WikiText-2", remove=folder)
+    if hit is not None:
+        return hit
     folder.mkdir(parents=True, exist_ok=True)
     lines = {s: load_lines(config, s, data_path) for s in SPLITS}
     if drop_headings:
@@ -268,7 +274,7 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
               else "local files or Hugging Face datasets 'wikitext'/'wikitext-2-raw-v1'")
     info = {"source": source, "tokenizer": tok_desc, "drop_headings": bool(drop_headings), "vocab_size": len(tok),
             **{f"{s}_lines": len(lines[s]) for s in SPLITS}, **{f"{s}_tokens": len(ids[s]) for s in SPLITS}}
-    done.write_text(json.dumps(info, indent=1))
+    atomic_write_bytes(done, json.dumps(info, indent=1).encode())
     return tok_path, ids, info
 
 

@@ -49,10 +49,13 @@ __all__ = [
 
 
 def cap_threads() -> None:
-    """At most COLLAPSE_TORCH_THREADS (default 2) CPU threads: the book's machines are small and shared."""
-    want = int(os.environ.get("COLLAPSE_TORCH_THREADS", "2"))
-    if torch.get_num_threads() > want:
-        torch.set_num_threads(want)
+    """For the command line (``accelerate launch``): COLLAPSE_TORCH_THREADS threads per process, if set.
+
+    Inside the book, the threads of a run are set by the run itself
+    (:func:`collapse_utils.parallel.run_threads`), never here."""
+    want = os.environ.get("COLLAPSE_TORCH_THREADS")
+    if want:
+        torch.set_num_threads(int(want))
 
 
 _ACCELERATOR = None
@@ -152,7 +155,6 @@ def finetune(model_path: str | os.PathLike, train_blocks: torch.Tensor, valid_bl
     from torch.utils.data import DataLoader, TensorDataset
     from tqdm.auto import tqdm
 
-    cap_threads()
     acc = get_accelerator()
     t0 = time.time()
     set_seed(int(seed) % (2**32))
@@ -215,7 +217,6 @@ def sequence_nll(model, blocks: torch.Tensor, batch_size: int = 64) -> np.ndarra
     each sequence -- not per batch as in the official code -- so ``exp`` of the result is each
     sequence's own perplexity.
     """
-    cap_threads()
     dev = _device()
     model = model.to(dev).eval()
     out = []
@@ -250,7 +251,6 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    cap_threads()
     acc = get_accelerator()
     dev = acc.device
     model = model.to(dev).eval()
@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repetition-penalty", type=float, default=3.0)
     a = ap.parse_args(argv)
+    cap_threads()
     data = torch.load(a.blocks)
     info = finetune(a.model, data["train"], data["valid"], Path(a.out) / "model", a.epochs, a.lr, a.batch_size,
                     a.seed)

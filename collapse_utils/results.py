@@ -15,7 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from .engine import TIDY_COLUMNS, atomic_write_bytes
+from .engine import TIDY_COLUMNS
+from .storage import atomic_write_bytes
 
 __all__ = ["repo_root", "results_root", "run_dir", "save_results", "load_results", "save_table", "seed_matrix"]
 

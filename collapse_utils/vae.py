@@ -386,16 +386,23 @@ class VAEExperiment:
     def fit(self, data, ctx) -> VAE:
         seed = ctx.int_seed("fit")
         cached = self._gen0_path(data, ctx) if ctx.generation == 0 else None
-        if cached is not None and cached.exists():
-            model = self.cfg.new_model(seed)
-            blob = torch.load(cached, map_location=self.cfg.device, weights_only=True)
-            model.load_state_dict(blob["state_dict"])
-            self.histories[0] = list(blob["history"])
-            return model.eval()
+        if cached is not None:
+            from .storage import read_cache
+
+            def load(path):
+                blob = torch.load(path, map_location=self.cfg.device, weights_only=True)
+                m = self.cfg.new_model(seed)
+                m.load_state_dict(blob["state_dict"])
+                return m, list(blob["history"])
+
+            hit = read_cache(cached, load, "cached generation-0 VAE")
+            if hit is not None:
+                self.histories[0] = hit[1]
+                return hit[0].eval()
         model, hist = train_vae(data, self.cfg, seed, steps=self.steps)
         self.histories[ctx.generation] = hist
         if cached is not None:
-            from .engine import atomic_write_bytes
+            from .storage import atomic_write_bytes
 
             buf = io.BytesIO()
             torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist}, buf)
@@ -456,7 +463,10 @@ class VAEExperiment:
             return None
         h = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:10]
         steps = self.steps or self.cfg.epochs * math.ceil(len(data) / self.cfg.batch_size)
-        return self.gen0_cache / f"gen0-{self.cfg.key()}-{_code_key()}-steps{steps}-data{h}-seed{ctx.seed}.pt"
+        from .parallel import thread_tag
+
+        return self.gen0_cache / (f"gen0-{self.cfg.key()}-{_code_key()}-steps{steps}-data{h}-seed{ctx.seed}"
+                                  f"-{thread_tag()}.pt")
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -512,8 +522,12 @@ class Study:
         return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
 
 
-def setup_torch(threads: int = 2) -> None:
-    """Cap torch's CPU threads (the book's budgets assume two cores)."""
+def setup_torch(threads: int = 1) -> None:
+    """Set torch's CPU threads for computing in this process (the notebook's own cells).
+
+    Everything the chapter computes -- the classifier, every run -- goes through
+    :func:`collapse_utils.parallel.run_threads` with ``threads_per_run`` threads instead, so the
+    numbers never depend on this setting or on ``parallel_runs``."""
     torch.set_num_threads(int(threads))
 
 
@@ -546,9 +560,11 @@ def load_classifier(params: dict, progress: bool = True):
     """The MNIST classifier of the chapter (trained once on real data, then cached) and its test accuracy."""
     from .classifier import ClassifierConfig, load_or_train
 
-    setup_torch(params["threads"])
+    from .parallel import run_threads
+
     cfg = ClassifierConfig(epochs=params["classifier_epochs"], n_train=params["classifier_n_train"])
-    return load_or_train(cfg, progress=progress, download=True)
+    with run_threads(params["threads_per_run"]):
+        return load_or_train(cfg, progress=progress, download=True)
 
 
 def _code_key() -> str:
@@ -597,16 +613,15 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
 
     Checkpoints go to ``checkpoint_root/<condition>-<settings hash>/seed<k>/`` so an interrupted
     run resumes; generation 0 (identical in every condition) is fitted once per seed and cached.
-    With ``parallel_runs > 1`` (CPU only) that many runs train at once in worker processes, each
-    with ``threads // parallel_runs`` torch threads.  On an idle two-core machine two single-threaded
+    With ``parallel_runs > 1`` (CPU only) that many runs train at once in worker processes; serial or
+    parallel, every run computes with ``threads_per_run`` torch threads, so the numbers are identical
+    either way (:mod:`collapse_utils.parallel`).  On an idle two-core machine two single-threaded
     runs train as many images per second as one two-threaded run (``benchmarks/bench_vae.py
     --parallel``); on a machine shared with other jobs they are several times faster, because an
-    OpenMP thread that waits for a descheduled partner stalls the whole step.  Results do not
-    depend on it.
+    OpenMP thread that waits for a descheduled partner stalls the whole step.
     """
     from .parallel import run_jobs
 
-    setup_torch(params["threads"])
     cfg = train_config(params)
     conditions = [parse_condition(c) for c in params["conditions"]]
     seeds = [params["seed"] + k for k in range(params["seeds"])]
@@ -629,7 +644,7 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
         clf_state = {k: v.cpu() for k, v in classifier.state_dict().items()}
         for job in jobs:
             job["classifier"] = clf_state
-    results = run_jobs(_run_one, jobs, workers, threads=params["threads"], progress=progress, desc="conditions x seeds",
+    results = run_jobs(_run_one, jobs, workers, threads_per_run=params["threads_per_run"], progress=progress, desc="conditions x seeds",
                        label=lambda j: f"{j['condition'].label}, seed {j['seed']}")
     metrics = pd.concat([r[0] for r in results], ignore_index=True)
     book = pd.concat([r[1] for r in results], ignore_index=True)
@@ -647,12 +662,8 @@ def validate_params(params: dict) -> None:
     c.int("seed", 0).int("seeds", 1, 100).int("generations", 1, 1000)
     c.int("n_train", 256, 60_000).int("epochs", 1, 1000).int("batch_size", 1, 60_000)
     c.int("n_eval", 100, 100_000).int("n_test_eval", 100, 10_000).int("data_seed", 0)
-    c.int("classifier_epochs", 1, 100).int("classifier_n_train", 1000, 60_000).int("threads", 1, 256)
-    c.int("parallel_runs", 1, 256)
-    if isinstance(params.get("parallel_runs"), int) and isinstance(params.get("threads"), int):
-        c.check(params["parallel_runs"] <= params["threads"],
-                f"parallel_runs ({params['parallel_runs']}) cannot exceed threads ({params['threads']}): "
-                "every parallel run needs at least one thread")
+    c.int("classifier_epochs", 1, 100).int("classifier_n_train", 1000, 60_000)
+    c.int("threads_per_run", 1, 256).int("parallel_runs", 1, 256)
     c.choice("device", ["auto", "cpu", "cuda"])
     conds = params.get("conditions")
     if not isinstance(conds, (list, tuple)) or not conds:
@@ -760,7 +771,7 @@ def save_artifacts(study: Study, folder: str | Path) -> Path:
     path = Path(folder) / "artifacts.npz"
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    from .engine import atomic_write_bytes
+    from .storage import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_utils.engine import Experiment, run_recursion
+from collapse_utils.engine import Checkpoints, Experiment, run_recursion
 
 
 class Scalar(Experiment):
@@ -62,7 +62,7 @@ def test_resume_after_interruption_loses_nothing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_recursion(Scalar(crash_at=6), real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path,
                       progress=False)
-    assert (tmp_path / "state.pkl").exists()
+    assert [p.name for p in Checkpoints(tmp_path).files()] == ["state-00006.pkl", "state-00005.pkl"]
     again = Scalar()
     res = run_recursion(again, real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from == 6 and again.fits == list(range(6, 11))  # finished generations not redone
@@ -71,6 +71,9 @@ def test_resume_after_interruption_loses_nothing(tmp_path):
     third = Scalar()
     res3 = run_recursion(third, real(), 10, "keep_real(0.2)", seed=1, checkpoint_dir=tmp_path, progress=False)
     assert third.fits == [] and res3.metrics.equals(full)
+    journal = Checkpoints(tmp_path).journal()
+    assert journal[0] == "started at generation 0" and "generation 6 started" in journal
+    assert "resumed from state-00006.pkl at generation 6" in journal and journal[-1].startswith("resumed")
 
 
 def test_resume_can_extend_a_finished_run(tmp_path):
@@ -84,9 +87,38 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     run_recursion(Scalar(), real(), 2, seed=1, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(RuntimeError, match="different run"):
         run_recursion(Scalar(), real(), 2, seed=2, checkpoint_dir=tmp_path, progress=False)
-    (tmp_path / "state.pkl").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="cannot be read"):
-        run_recursion(Scalar(), real(), 2, seed=1, checkpoint_dir=tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "foreign pickle"])
+def test_damaged_checkpoint_is_named_and_only_its_generation_recomputed(tmp_path, damage):
+    """The newest checkpoint truncated or overwritten: a warning names the file, the run falls back to
+    the checkpoint before it, recomputes that one generation, and ends with the uninterrupted numbers."""
+    import pickle
+
+    full = run_recursion(Scalar(), real(), 10, seed=4, progress=False).metrics
+    with pytest.raises(KeyboardInterrupt):
+        run_recursion(Scalar(crash_at=6), real(), 10, seed=4, checkpoint_dir=tmp_path, progress=False)
+    newest = tmp_path / "state-00006.pkl"
+    blob = newest.read_bytes()
+    newest.write_bytes({"truncated": blob[: len(blob) // 2], "garbage": b"\x00garbage" * 100, "empty": b"",
+                        "foreign pickle": pickle.dumps([1, 2, 3])}[damage])
+    again = Scalar()
+    with pytest.warns(RuntimeWarning, match="state-00006.pkl is unreadable"):
+        res = run_recursion(again, real(), 10, seed=4, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from == 5 and again.fits == list(range(5, 11))  # one generation recomputed
+    pd.testing.assert_frame_equal(res.metrics, full)
+
+
+def test_all_checkpoints_damaged_restarts_the_run_with_a_warning(tmp_path):
+    full = run_recursion(Scalar(), real(), 4, seed=5, progress=False).metrics
+    run_recursion(Scalar(), real(), 4, seed=5, checkpoint_dir=tmp_path, progress=False)
+    for p in Checkpoints(tmp_path).files():
+        p.write_bytes(b"not a pickle")
+    again = Scalar()
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        res = run_recursion(again, real(), 4, seed=5, checkpoint_dir=tmp_path, progress=False)
+    assert res.resumed_from is None and again.fits == list(range(5))
+    pd.testing.assert_frame_equal(res.metrics, full)
 
 
 def test_checkpoint_written_by_other_code_is_recomputed_not_resumed(tmp_path, monkeypatch):

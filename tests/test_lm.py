@@ -171,7 +171,9 @@ def test_keep_real_bookkeeping(tiny, tmp_path):
     k = round(0.1 * n)
     assert list(book.n_train) == [n, n, n] and list(book.n_real) == [n, k, k]
     assert list(book.n_synthetic) == [0, n - k, n - k]
-    state = __import__("pickle").loads((tmp_path / "ckpt" / "state.pkl").read_bytes())
+    from collapse_utils.engine import Checkpoints
+
+    state = __import__("pickle").loads(Checkpoints(tmp_path / "ckpt").files()[0].read_bytes())
     comp = state["composition"]
     real_rows = {tuple(r) for r in data.train.tolist()}
     assert all(tuple(r) in real_rows for r in comp.data[:k].tolist())  # the kept blocks are original blocks
