@@ -27,6 +27,9 @@ PRESETS = ("smoke", "cpu", "paper")
 PRESET_DIR = Path(__file__).with_name("presets")
 #: parameters every chapter has besides its own
 COMMON_PARAMS = ("preset", "run_name")
+#: parameters that change only the wall time, never a number (the reproducibility contract):
+#: runs that differ only in these share a results folder and resume each other's checkpoints
+WALL_TIME_PARAMS = ("parallel_runs",)
 
 
 class ParamError(ValueError):
@@ -49,6 +52,27 @@ class Chapter:
     def validate(self, params: dict) -> None:
         mod = importlib.import_module(self.module)
         mod.validate_params(params)
+
+    def preflight(self, params: dict) -> None:
+        """Everything that can fail before compute, after the values themselves: the data the
+        chapter reads (present and verified), models named on a hub, a writable results folder.
+        Raises ParamError with one clear message."""
+        from .data import DataError
+        from .storage import StorageError
+
+        mod = importlib.import_module(self.module)
+        try:
+            if hasattr(mod, "check_inputs"):
+                mod.check_inputs(params)
+            from .results import results_root
+
+            run = results_root() / self.slug
+            from .storage import ensure_writable
+
+            ensure_writable(run, "results folder",
+                            "point COLLAPSE_RESULTS_DIR at a writable folder (or make this one writable)")
+        except (DataError, StorageError) as exc:
+            raise ParamError(str(exc)) from None
 
 
 CHAPTERS: dict[str, Chapter] = {
@@ -122,7 +146,8 @@ def auto_run_name(params: dict, chapter: str) -> str:
         base = load_preset(preset, chapter)
     except ParamError:
         base = {}
-    diff = {k: v for k, v in params.items() if k not in COMMON_PARAMS and base.get(k) != v}
+    diff = {k: v for k, v in params.items()
+            if k not in COMMON_PARAMS and k not in WALL_TIME_PARAMS and base.get(k) != v}
     if not diff:
         return str(preset)
     h = hashlib.sha1(json.dumps(diff, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -141,6 +166,10 @@ def run_info(params: dict, chapter: str) -> str:
         if k in COMMON_PARAMS:
             continue
         mark = "" if base.get(k) == v else " (changed from the preset)"
+        if k in WALL_TIME_PARAMS:
+            mark += " (wall time only)"
+        elif k == "threads_per_run":
+            mark += " (part of the result: see the reproducibility contract)"
         rows.append(f"| `{k}` | `{v!r}`{mark} |")
     import sys
 
@@ -188,6 +217,7 @@ def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRu
     ch = CHAPTERS[str(chapter).zfill(2)]
     params = collect_params(namespace, ch.id)
     ch.validate(params)
+    ch.preflight(params)
     if show:
         try:
             from IPython.display import Markdown, display

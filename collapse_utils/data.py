@@ -176,8 +176,11 @@ def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, d
         if _download(ds, fname, dest):
             return dest
     where = ", ".join(str(t) for t in tried)
+    env = os.environ.get("COLLAPSE_DATA_DIR")
+    bad_env = (f"COLLAPSE_DATA_DIR={env} is not a folder (point it at the folder that holds the dataset "
+               f"folders: {', '.join(sorted(REGISTRY))}, or unset it); ") if env and not Path(env).is_dir() else ""
     raise DataError(
-        f"{fname} of dataset {name!r} not found (looked in: {where}); expected sha256 {ds.files[fname]}. "
+        f"{bad_env}{fname} of dataset {name!r} not found (looked in: {where}); expected sha256 {ds.files[fname]}. "
         f"To provide it: {ds.how_to_get}, then point COLLAPSE_DATA_DIR at the folder that holds "
         f"'{name}/' (or place it under {cache_dir()})"
         + ("; downloading was not requested or failed." if ds.mirrors else ".")

@@ -124,6 +124,51 @@ def validate_params(p: dict) -> None:
     c.done()
 
 
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_inputs(p: dict) -> None:
+    """Before any compute: the text the run reads is present and verified, and a hub model can be loaded.
+
+    Raises :class:`~collapse_utils.data.DataError` with what is missing and how to provide it.
+    """
+    from .data import DataError, dataset_file
+    from .lm_data import SPLITS
+
+    if p["data_config"] == "wikitext-2-v1":
+        for split in SPLITS:
+            dataset_file("wikitext-2", f"wiki.{split}.tokens")
+    else:
+        datasets_offline = _offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip() in ("1", "true")
+        for split in SPLITS:
+            try:
+                dataset_file("wikitext-2-raw", f"wiki.{split}.raw")
+            except DataError as exc:
+                if "corrupt" in str(exc) or not datasets_offline:
+                    raise  # a damaged file is an error; a missing one is loaded through `datasets` online
+                raise DataError(f"{exc} -- and Hugging Face datasets cannot fetch 'wikitext'/'wikitext-2-raw-v1' "
+                                "while HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set; unset it where a network "
+                                "exists, or use data_config='wikitext-2-v1'") from None
+    name = p["model_name"]
+    if name == LOCAL_MODEL:
+        return
+    if Path(name).expanduser().is_dir():
+        if not (Path(name).expanduser() / "config.json").exists():
+            raise DataError(f"model_name={name!r} is a folder without config.json; pass a folder written by "
+                            "save_pretrained, a Hugging Face model name, or 'local-opt'")
+        return
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise DataError(
+                f"model_name={name!r} is a Hugging Face hub name, but HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set "
+                "and the model is not in the local Hugging Face cache; where a network exists unset those "
+                "variables, or pass a folder written by save_pretrained, or use model_name='local-opt'")
+
+
 def setting_spec(p: dict, setting: str) -> dict:
     """Regime, epochs, repetition penalty, seeds and label of one setting."""
     if setting == "a":

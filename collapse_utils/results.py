@@ -33,8 +33,12 @@ def repo_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def results_root() -> Path:
+    """COLLAPSE_RESULTS_DIR, else results/ in the book's checkout (else in the current folder)."""
     env = os.environ.get("COLLAPSE_RESULTS_DIR")
-    return Path(env).expanduser().resolve() if env else repo_root() / "results"
+    if env:
+        return Path(env).expanduser().resolve()
+    book = repo_root(Path(__file__).parent)
+    return (book if (book / "_config.yml").exists() else repo_root()) / "results"
 
 
 def run_dir(chapter: str, run_name: str, create: bool = True) -> Path:

@@ -99,20 +99,37 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
                              f"{type(defaults[k]).__name__} like the default {defaults[k]!r}")
         params[k] = v
     chapter.validate(params)
+    chapter.preflight(params)
     return chapter, params
 
 
 def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, output_dir: str | Path | None = None,
                     progress: bool = False, log_output: bool = False) -> Path:
-    """Run one chapter through papermill; return the executed notebook's path."""
+    """Run one chapter through papermill; return the executed notebook's path.
+
+    Everything that can be refused is refused before the kernel starts (parameters, data, models,
+    folders).  The notebook executes into a hidden ``.<slug>.partial.ipynb`` file that replaces
+    ``<slug>.ipynb`` only once every cell has run, so an interrupted or failed execution never
+    leaves a half-written page where the book build would render it; a failed one is kept as
+    ``.<slug>.failed.ipynb`` for inspection.
+    """
     import jupytext
     import papermill as pm
 
-    chapter, params = resolve_params(chapter_key, preset, overrides)
+    from .storage import StorageError, discard, ensure_writable
+
     root = repo_root(Path(__file__).parent)
     out_dir = Path(output_dir) if output_dir else root / "book" / "_generated"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_writable(out_dir, "folder for executed notebooks", "pass a writable --output-dir")
+    except StorageError as exc:
+        raise ParamError(str(exc)) from None
+    chapter, params = resolve_params(chapter_key, preset, overrides)
     out = out_dir / f"{chapter.slug}.ipynb"
+    partial = out_dir / f".{chapter.slug}.partial.ipynb"
+    failed = out_dir / f".{chapter.slug}.failed.ipynb"
+    discard(partial)  # left by an execution that was killed
+    discard(failed)
     nb = _read_md(chapter)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     env_backup = dict(os.environ)
@@ -129,9 +146,17 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
             src = Path(tmp) / f"{chapter.slug}.ipynb"
             jupytext.write(nb, src)
             t0 = time.time()
-            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
-                                cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
-            _tidy_executed(out)
+            try:
+                pm.execute_notebook(str(src), str(partial), parameters=params, kernel_name="python3",
+                                    cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
+                _tidy_executed(partial)
+                os.replace(partial, out)
+            except BaseException as exc:
+                if partial.exists() and isinstance(exc, Exception):  # a cell raised: keep it to inspect
+                    os.replace(partial, failed)
+                    print(f"chapter {chapter.id} failed; its executed cells are in {failed}", file=sys.stderr)
+                discard(partial)  # interrupted (Ctrl-C): nothing half-written stays behind
+                raise
             print(f"chapter {chapter.id} ({preset}) executed in {time.time() - t0:.1f}s -> {out}")
     finally:
         os.environ.clear()
@@ -151,14 +176,23 @@ def _tidy_executed(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True) -> Path:
-    root = repo_root(Path(__file__).parent)
+def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True,
+               root: str | Path | None = None) -> Path:
+    """Execute the chapters (all are checked before the first one starts), then build the HTML book.
+
+    ``root``: the book's folder (``_config.yml``, ``_toc.yml``, ``book/``); default this checkout.
+    """
+    root = Path(root).resolve() if root else repo_root(Path(__file__).parent)
+    if not (root / "_config.yml").exists():
+        raise ParamError(f"{root} is not a book folder (no _config.yml)")
     keys = list(chapters or available_chapters())
+    generated = root / "book" / "_generated"
     if execute:
+        for key in keys:  # every chapter's parameters, data and folders before any compute
+            resolve_params(key, preset)
         for key in keys:
-            execute_chapter(key, preset)
-    missing = [c.slug for c in available_chapters().values()
-               if not (root / "book" / "_generated" / f"{c.slug}.ipynb").exists()]
+            execute_chapter(key, preset, output_dir=generated)
+    missing = [c.slug for c in available_chapters().values() if not (generated / f"{c.slug}.ipynb").exists()]
     if missing:
         raise ParamError(f"executed notebooks missing for {missing}; run them first")
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
@@ -185,13 +219,14 @@ def main(argv=None) -> int:
     b.add_argument("--preset", default="cpu")
     b.add_argument("--chapters", nargs="*", default=None)
     b.add_argument("--no-execute", action="store_true", help="only build from existing executed notebooks")
+    b.add_argument("--root", default=None, help="the book's folder (default: this checkout)")
     sub.add_parser("list", help="list chapters, presets and parameters")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "run":
             execute_chapter(a.chapter, a.preset, a.param, a.output_dir, progress=a.progress)
         elif a.cmd == "book":
-            build_book(a.preset, a.chapters, execute=not a.no_execute)
+            build_book(a.preset, a.chapters, execute=not a.no_execute, root=a.root)
         else:
             for c in available_chapters().values():
                 print(f"{c.id}  {c.slug}: {c.title}")
@@ -202,5 +237,14 @@ def main(argv=None) -> int:
         return 2
     except subprocess.CalledProcessError as e:
         print(f"error: {' '.join(map(str, e.cmd))} failed with exit status {e.returncode}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished generations are checkpointed under the results folder; the same command "
+              "resumes from them", file=sys.stderr)
+        return 130
+    except Exception as e:  # a cell of a chapter raised: papermill's error names the cell and the exception
+        if type(e).__name__ != "PapermillExecutionError":
+            raise
+        print(f"error: a cell of the chapter raised {e.ename}: {e.evalue}", file=sys.stderr)
         return 1
     return 0

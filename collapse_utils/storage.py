@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 __all__ = ["atomic_write_bytes", "read_cache", "discard", "ensure_writable", "StorageError"]
 

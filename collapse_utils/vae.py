@@ -655,6 +655,13 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
+def check_inputs(params: dict) -> None:
+    """Before any compute: the MNIST files are present (downloaded where a network exists) and verified."""
+    from .data import find_dataset
+
+    find_dataset("mnist", download=True)
+
+
 def validate_params(params: dict) -> None:
     from .config import Checker
 

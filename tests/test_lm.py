@@ -212,8 +212,8 @@ def test_recursion_is_deterministic_under_a_seed_and_resumes(tiny, tmp_path):
 
 
 def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
-    """parallel_runs only changes where the seeds run: two spawned workers with one thread each
-    reproduce the in-process run (metrics, per-sequence perplexities, continuations)."""
+    """parallel_runs only changes where the seeds run: two spawned workers reproduce the in-process run
+    exactly (metrics, per-sequence perplexities, continuations) -- each computes with threads_per_run."""
     data, base, _ = tiny
     p = {**TINY, "seeds": 2, "generations": 1, "parallel_runs": 1}
     one = lm.run_setting(p, data, base, "b", tmp_path / "one", progress=False)
@@ -221,8 +221,8 @@ def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
     assert sorted(one.metrics.seed.unique()) == [0, 1]
     cols = ["seed", "generation", "metric"]
     a, b = (r.metrics.sort_values(cols).reset_index(drop=True) for r in (one, two))
-    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
-    pd.testing.assert_frame_equal(one.per_seq, two.per_seq, rtol=1e-5)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    pd.testing.assert_frame_equal(one.per_seq, two.per_seq, check_exact=True)
     pd.testing.assert_frame_equal(one.examples, two.examples)
     assert (one.bookkeeping.n_real.tolist(), two.bookkeeping.n_real.tolist()) == ([20, 2] * 2, [20, 2] * 2)
 
