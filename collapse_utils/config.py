@@ -137,6 +137,53 @@ def collect_params(namespace: dict, chapter: str) -> dict:
     return {n: namespace[n] for n in names}
 
 
+def _injected_names(namespace: dict) -> set[str]:
+    """Names assigned by papermill's injected ``# Parameters`` cell (IPython keeps every executed
+    cell's source in ``In``); empty outside IPython."""
+    import ast
+
+    names: set[str] = set()
+    for source in namespace.get("In", []) or []:
+        if not isinstance(source, str) or not source.lstrip().startswith("# Parameters"):
+            continue
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Assign):
+                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def resolve_notebook_params(namespace: dict, chapter: str) -> tuple[dict, dict]:
+    """(params, sources): the notebook's parameters with its ``preset`` applied.
+
+    The parameters cell holds the ``cpu`` values.  A parameter counts as *given* when papermill
+    injected it (``-p name value``) or when its value differs from the cpu preset (edited by hand,
+    e.g. in Colab); every other parameter takes the value of the selected preset.  ``sources`` says
+    where each value came from.  The resolved values are written back into ``namespace`` so that
+    later cells see them.
+    """
+    ch = CHAPTERS[str(chapter).zfill(2)]
+    params = collect_params(namespace, ch.id)
+    preset = params.get("preset")
+    if preset not in PRESETS:
+        raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    cpu = load_preset("cpu", ch.id)
+    chosen = load_preset(preset, ch.id)
+    injected = _injected_names(namespace) - set(COMMON_PARAMS)
+    sources = {}
+    for k in cpu:
+        if k in injected or params[k] != cpu[k]:
+            sources[k] = "given"
+        else:
+            params[k] = chosen[k]
+            sources[k] = f"preset {preset}"
+    namespace.update({k: params[k] for k in cpu})
+    return params, sources
+
+
 def auto_run_name(params: dict, chapter: str) -> str:
     """``params['run_name']`` if set, else the preset name (+ a hash of any overrides)."""
     if params.get("run_name"):
@@ -154,8 +201,8 @@ def auto_run_name(params: dict, chapter: str) -> str:
     return f"{preset}-custom-{h}"
 
 
-def run_info(params: dict, chapter: str) -> str:
-    """A Markdown block naming the preset, every parameter value, and the software used."""
+def run_info(params: dict, chapter: str, sources: dict | None = None) -> str:
+    """A Markdown block naming the preset, every parameter value (and where it came from), and the software."""
     preset = params.get("preset", "?")
     try:
         base = load_preset(preset, chapter)
@@ -165,12 +212,16 @@ def run_info(params: dict, chapter: str) -> str:
     for k, v in params.items():
         if k in COMMON_PARAMS:
             continue
-        mark = "" if base.get(k) == v else " (changed from the preset)"
+        if sources is None:
+            origin = f"preset `{preset}`" if base.get(k) == v else "given (changed from the preset)"
+        else:
+            origin = ("given" + ("" if base.get(k) == v else " (changed from the preset)")
+                      if sources.get(k) == "given" else f"preset `{preset}`")
         if k in WALL_TIME_PARAMS:
-            mark += " (wall time only)"
+            origin += "; wall time only"
         elif k == "threads_per_run":
-            mark += " (part of the result: see the reproducibility contract)"
-        rows.append(f"| `{k}` | `{v!r}`{mark} |")
+            origin += "; part of the result (reproducibility contract)"
+        rows.append(f"| `{k}` | `{v!r}` | {origin} |")
     import sys
 
     versions = []
@@ -184,8 +235,8 @@ def run_info(params: dict, chapter: str) -> str:
         f"(run name `{auto_run_name(params, chapter)}`) on {_dt.date.today().isoformat()}, "
         f"Python {platform.python_version()}, collapse_utils {__version__}, {', '.join(versions)}.",
         "",
-        "| parameter | value |",
-        "| --- | --- |",
+        "| parameter | value | from |",
+        "| --- | --- | --- |",
         *rows,
     ])
 
@@ -212,19 +263,21 @@ class ChapterRun:
 
 
 def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRun:
-    """Collect and validate a notebook's parameters (one clear error before any compute),
-    print which preset and values produced the page, apply the book's plot style."""
+    """Collect the notebook's parameters and apply its ``preset`` to every value not given explicitly
+    (:func:`resolve_notebook_params`), validate them and check data and folders (one clear error
+    before any compute), print which values produced the page and where each came from, apply the
+    book's plot style."""
     ch = CHAPTERS[str(chapter).zfill(2)]
-    params = collect_params(namespace, ch.id)
+    params, sources = resolve_notebook_params(namespace, ch.id)
     ch.validate(params)
     ch.preflight(params)
     if show:
         try:
             from IPython.display import Markdown, display
 
-            display(Markdown(run_info(params, ch.id)))
+            display(Markdown(run_info(params, ch.id, sources)))
         except ImportError:  # pragma: no cover
-            print(run_info(params, ch.id))
+            print(run_info(params, ch.id, sources))
     from .plotting import set_style
 
     set_style()

@@ -66,6 +66,19 @@ def _compatible(default, value) -> bool:
     return True
 
 
+def _overrides(overrides: list[str] | dict | None) -> list[tuple[str, object]]:
+    """``["name=value", ...]`` (values parsed as YAML) or a dict, as (name, value) pairs."""
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    items = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ParamError(f"parameter override {item!r} must look like name=value")
+        k, v = item.split("=", 1)
+        items.append((k.strip(), _parse_value(v)))
+    return items
+
+
 def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | None = None) -> tuple:
     """(chapter, params): defaults <- preset <- overrides, validated; raises ParamError."""
     chapter = get_chapter(chapter_key)
@@ -81,16 +94,7 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
         raise ParamError(f"preset {preset!r} sets {stray}, which chapter {chapter.id} does not have")
     params.update(preset_values)
     params["preset"] = preset
-    if isinstance(overrides, dict):
-        items = list(overrides.items())
-    else:
-        items = []
-        for item in overrides or []:
-            if "=" not in item:
-                raise ParamError(f"parameter override {item!r} must look like name=value")
-            k, v = item.split("=", 1)
-            items.append((k.strip(), _parse_value(v)))
-    for k, v in items:
+    for k, v in _overrides(overrides):
         if k not in defaults:
             raise ParamError(f"unknown parameter {k!r} for chapter {chapter.id}; valid parameters: "
                              f"{', '.join(n for n in valid if n not in COMMON_PARAMS)}, run_name")
@@ -147,7 +151,10 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
             jupytext.write(nb, src)
             t0 = time.time()
             try:
-                pm.execute_notebook(str(src), str(partial), parameters=params, kernel_name="python3",
+                # only the preset and the given values are injected: the notebook applies the preset
+                # itself (as it does in Colab or under plain papermill) and its table says which is which
+                given = {"preset": preset, **dict(_overrides(overrides))}
+                pm.execute_notebook(str(src), str(partial), parameters=given, kernel_name="python3",
                                     cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
                 _tidy_executed(partial)
                 os.replace(partial, out)

@@ -70,7 +70,45 @@ def test_chapter_01_smoke_run(smoke_chapter, read_executed, results_tmp):
     assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
     # parameters were injected after the parameters cell, not into the source
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    assert re.search(r"seeds = 200", text)
+    # the runner injects the preset (and given values) only; the notebook applies the preset itself
+    assert re.search(r"preset = \\\"smoke\\\"", text)
+    assert "| `seeds` | `200` | preset `smoke` |" in text
+
+
+def test_plain_papermill_on_the_committed_notebook_applies_the_preset(tmp_path, monkeypatch, read_executed):
+    """`papermill notebooks/02_gaussian_mixtures.ipynb out.ipynb -p preset smoke -p seeds 5` runs the smoke
+    values except the one given, and the page's table says where each value came from."""
+    import papermill as pm
+
+    monkeypatch.setenv("COLLAPSE_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "02_gaussian_mixtures.ipynb"), str(out),
+                        parameters={"preset": "smoke", "seeds": 5}, cwd=str(ROOT / "notebooks"),
+                        kernel_name="python3", progress_bar=False)
+    text, _ = read_executed(out)
+    smoke = config.load_preset("smoke", "02")
+    assert "| `seeds` | `5` | given (changed from the preset) |" in text
+    assert f"| `generations` | `{smoke['generations']}` | preset `smoke` |" in text
+    (params_file,) = (tmp_path / "results" / "02_gaussian_mixtures").glob("smoke-custom-*/params.json")
+    params = json.loads(params_file.read_text())
+    assert params["preset"] == "smoke" and params["seeds"] == 5
+    assert {k: params[k] for k in smoke if k != "seeds"} == {k: v for k, v in smoke.items() if k != "seeds"}
+    m = pd.read_csv(params_file.with_name("metrics.csv"))
+    assert m.generation.max() == smoke["generations"] and m.seed.nunique() >= 5
+
+
+def test_notebook_preset_resolution_without_papermill():
+    """Edited by hand (Colab): a value that differs from the cpu preset counts as given."""
+    cpu = config.load_preset("cpu", "01")
+    ns = {**cpu, "preset": "smoke", "run_name": "", "generations": 7}
+    params, sources = config.resolve_notebook_params(ns, "01")
+    smoke = config.load_preset("smoke", "01")
+    assert params["generations"] == 7 and sources["generations"] == "given"
+    assert params["seeds"] == smoke["seeds"] and sources["seeds"] == "preset smoke"
+    assert ns["seeds"] == smoke["seeds"]  # later cells see the resolved values
+    with pytest.raises(config.ParamError, match="valid presets"):
+        config.resolve_notebook_params({**cpu, "preset": "huge", "run_name": ""}, "01")
 
 
 def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path):
