@@ -108,14 +108,15 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
 
 
 def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, output_dir: str | Path | None = None,
-                    progress: bool = False, log_output: bool = False) -> Path:
+                    progress: bool = False, log_output: bool = False, cell_progress: bool = False) -> Path:
     """Run one chapter through papermill; return the executed notebook's path.
 
     Everything that can be refused is refused before the kernel starts (parameters, data, models,
     folders).  The notebook executes into a hidden ``.<slug>.partial.ipynb`` file that replaces
     ``<slug>.ipynb`` only once every cell has run, so an interrupted or failed execution never
     leaves a half-written page where the book build would render it; a failed one is kept as
-    ``.<slug>.failed.ipynb`` for inspection.
+    ``.<slug>.failed.ipynb`` for inspection.  ``progress`` shows papermill's cell bar and the
+    chapter's own bars; ``cell_progress`` only the cell bar (the rendered page stays clean).
     """
     import jupytext
     import papermill as pm
@@ -154,8 +155,11 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
                 # only the preset and the given values are injected: the notebook applies the preset
                 # itself (as it does in Colab or under plain papermill) and its table says which is which
                 given = {"preset": preset, **dict(_overrides(overrides))}
+                # explicit disable=False: the TQDM_DISABLE meant for the kernel must not hide the cell bar
+                bar = {"disable": False, "desc": f"chapter {chapter.id}", "unit": "cell"} \
+                    if (progress or cell_progress) else False
                 pm.execute_notebook(str(src), str(partial), parameters=given, kernel_name="python3",
-                                    cwd=str(root / "notebooks"), progress_bar=progress, log_output=log_output)
+                                    cwd=str(root / "notebooks"), progress_bar=bar, log_output=log_output)
                 _tidy_executed(partial)
                 os.replace(partial, out)
             except BaseException as exc:
@@ -183,6 +187,40 @@ def _tidy_executed(path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None:
+    """Execute chapters one by one: "chapter k of n", a cell bar, the time left estimated from the
+    previous run's timings (``book/_generated/timings.json``), and a closing table of times."""
+    import json
+
+    from .storage import atomic_write_bytes
+
+    generated.mkdir(parents=True, exist_ok=True)
+    timings_file = generated / "timings.json"
+    try:
+        timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    except (OSError, ValueError):
+        timings = {}
+    before = dict(timings.get(preset, {}))
+    rows = []
+    t_book = time.time()
+    for i, ch in enumerate(chapters, 1):
+        head = f"[{i}/{len(chapters)}] chapter {ch.id}: {ch.title} ({preset} preset)"
+        left = [before.get(c.id) for c in chapters[i - 1:]]
+        if all(t is not None for t in left):
+            head += f"; the previous run took {before[ch.id]:.0f} s, about {sum(left) / 60:.1f} min left"
+        print(head, flush=True)
+        t0 = time.time()
+        execute_chapter(ch.id, preset, output_dir=generated, cell_progress=True)
+        rows.append((ch.id, ch.slug, time.time() - t0))
+        timings.setdefault(preset, {})[ch.id] = round(rows[-1][2], 1)
+        atomic_write_bytes(timings_file, json.dumps(timings, indent=1, sort_keys=True).encode())
+    width = max(len(r[1]) for r in rows)
+    print(f"\n{'chapter'.ljust(width)}  preset  seconds", flush=True)
+    for _, slug, seconds in rows:
+        print(f"{slug.ljust(width)}  {preset:<6}  {seconds:7.1f}")
+    print(f"{'all chapters'.ljust(width)}  {preset:<6}  {time.time() - t_book:7.1f}\n", flush=True)
+
+
 def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True,
                root: str | Path | None = None) -> Path:
     """Execute the chapters (all are checked before the first one starts), then build the HTML book.
@@ -195,10 +233,8 @@ def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict:
     keys = list(chapters or available_chapters())
     generated = root / "book" / "_generated"
     if execute:
-        for key in keys:  # every chapter's parameters, data and folders before any compute
-            resolve_params(key, preset)
-        for key in keys:
-            execute_chapter(key, preset, output_dir=generated)
+        chapters_ = [resolve_params(key, preset)[0] for key in keys]  # all checked before any compute
+        _execute_with_progress(chapters_, preset, generated)
     missing = [c.slug for c in available_chapters().values() if not (generated / f"{c.slug}.ipynb").exists()]
     if missing:
         raise ParamError(f"executed notebooks missing for {missing}; run them first")

@@ -79,3 +79,39 @@ def test_checker_collects_all_problems():
         c.done()
     msg = str(e.value)
     assert "a must lie in [1, inf], got 0" in msg and "b must be a number" in msg and "missing parameter" in msg
+
+
+def test_book_shows_chapter_k_of_n_time_left_and_a_closing_table(tmp_path, monkeypatch, capsys):
+    """`python -m collapse_utils book` says which chapter of how many runs, estimates the time left from
+    the previous run's timings, and ends with a table of chapters, preset and seconds."""
+    import shutil
+    from pathlib import Path
+
+    from collapse_utils import runner
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(root / name, tmp_path / name)
+    calls = []
+
+    def fake_execute(key, preset, output_dir=None, cell_progress=False, **kw):
+        assert cell_progress  # the book shows papermill's cell bar
+        calls.append(key)
+        ch = config.get_chapter(key)
+        (Path(output_dir) / f"{ch.slug}.ipynb").write_text("{}")
+
+    monkeypatch.setattr(runner, "execute_chapter", fake_execute)
+    monkeypatch.setattr(runner.subprocess, "run", lambda *a, **k: None)
+    keys = sorted(config.available_chapters())
+    runner.build_book("smoke", keys, root=tmp_path)
+    first = capsys.readouterr().out
+    assert f"[1/{len(keys)}] chapter 01" in first and f"[{len(keys)}/{len(keys)}] chapter" in first
+    assert "min left" not in first  # no previous timings yet
+    assert "chapter" in first and "seconds" in first and "all chapters" in first
+    import re
+
+    assert all(re.search(rf"{config.get_chapter(k).slug} +smoke +\d+\.\d", first) for k in keys)
+    runner.build_book("smoke", keys, root=tmp_path)
+    second = capsys.readouterr().out
+    assert "the previous run took" in second and "min left" in second
+    assert calls == keys * 2
