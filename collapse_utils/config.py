@@ -58,18 +58,14 @@ class Chapter:
         chapter reads (present and verified), models named on a hub, a writable results folder.
         Raises ParamError with one clear message."""
         from .data import DataError
-        from .storage import StorageError
+        from .results import results_root
+        from .storage import StorageError, ensure_writable
 
         mod = importlib.import_module(self.module)
         try:
             if hasattr(mod, "check_inputs"):
                 mod.check_inputs(params)
-            from .results import results_root
-
-            run = results_root() / self.slug
-            from .storage import ensure_writable
-
-            ensure_writable(run, "results folder",
+            ensure_writable(results_root() / self.slug, "results folder",
                             "point COLLAPSE_RESULTS_DIR at a writable folder (or make this one writable)")
         except (DataError, StorageError) as exc:
             raise ParamError(str(exc)) from None
@@ -212,11 +208,11 @@ def run_info(params: dict, chapter: str, sources: dict | None = None) -> str:
     for k, v in params.items():
         if k in COMMON_PARAMS:
             continue
-        if sources is None:
-            origin = f"preset `{preset}`" if base.get(k) == v else "given (changed from the preset)"
+        changed = base.get(k) != v
+        if changed or (sources or {}).get(k) == "given":
+            origin = "given" + (" (changed from the preset)" if changed else "")
         else:
-            origin = ("given" + ("" if base.get(k) == v else " (changed from the preset)")
-                      if sources.get(k) == "given" else f"preset `{preset}`")
+            origin = f"preset `{preset}`"
         if k in WALL_TIME_PARAMS:
             origin += "; wall time only"
         elif k == "threads_per_run":

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
-from .storage import atomic_write_bytes
+from .storage import atomic_write_bytes, read_cache
 
 __all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
            "progress_disabled", "source_hash", "Checkpoints"]
@@ -137,6 +137,13 @@ def _code_version(cls: type) -> str:
 _CKPT_RE = re.compile(r"^state-(\d{5})\.pkl$")
 
 
+def _load_state(path: Path) -> dict:
+    state = pickle.loads(path.read_bytes())
+    if not isinstance(state, dict) or "next_generation" not in state:
+        raise ValueError("not a checkpoint of this engine")
+    return state
+
+
 class Checkpoints:
     """A run's checkpoints: ``state-<next generation>.pkl`` files (the newest two are kept) and a
     plain-text ``journal.log`` saying what each execution did (started, resumed, finished)."""
@@ -168,16 +175,10 @@ class Checkpoints:
         if legacy.exists():  # format 2 and older: written by older code, recomputed
             warnings.warn(f"checkpoint {legacy} has an older format; recomputing this run", stacklevel=3)
             legacy.unlink()
-        for path in self.files():
-            try:
-                state = pickle.loads(path.read_bytes())
-                if not isinstance(state, dict) or "next_generation" not in state:
-                    raise ValueError("not a checkpoint of this engine")
-            except Exception as exc:  # noqa: BLE001 - truncated, overwritten, foreign: never a deep stack trace
-                warnings.warn(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); "
-                              "removing it and falling back to the previous one", RuntimeWarning, stacklevel=3)
-                self.log(f"unreadable checkpoint {path.name} removed ({type(exc).__name__})")
-                path.unlink(missing_ok=True)
+        for path in self.files():  # truncated, overwritten or foreign: named, removed, the previous one used
+            state = read_cache(path, _load_state, "checkpoint")
+            if state is None:
+                self.log(f"unreadable checkpoint {path.name} removed")
                 continue
             state["_file"] = path.name
             return state

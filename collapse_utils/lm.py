@@ -124,9 +124,10 @@ def validate_params(p: dict) -> None:
     c.done()
 
 
-def _offline() -> bool:
+def _offline(*extra: str) -> bool:
+    """True when Hugging Face may not download (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE, or ``extra`` set)."""
     return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *extra))
 
 
 def check_inputs(p: dict) -> None:
@@ -141,7 +142,7 @@ def check_inputs(p: dict) -> None:
         for split in SPLITS:
             dataset_file("wikitext-2", f"wiki.{split}.tokens")
     else:
-        datasets_offline = _offline() or os.environ.get("HF_DATASETS_OFFLINE", "").strip() in ("1", "true")
+        datasets_offline = _offline("HF_DATASETS_OFFLINE")
         for split in SPLITS:
             try:
                 dataset_file("wikitext-2-raw", f"wiki.{split}.raw")

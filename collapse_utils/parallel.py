@@ -53,14 +53,9 @@ def run_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _in_worker(task: tuple) -> Any:
-    """Run one job in a worker process with the run's own thread count."""
+def _run_one(task: tuple) -> Any:
+    """One job with the run's own thread count (in this process or in a worker: the same call)."""
     fn, job, threads = task
-    with run_threads(threads):
-        return fn(job)
-
-
-def _in_process(fn: Callable[[Any], Any], job: Any, threads: int) -> Any:
     with run_threads(threads):
         return fn(job)
 
@@ -88,14 +83,14 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, th
             for job in jobs:
                 if label is not None:
                     bar.set_postfix_str(label(job))
-                results.append(_in_process(fn, job, threads_per_run))
+                results.append(_run_one((fn, job, int(threads_per_run))))
                 bar.update()
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(_in_worker, (fn, job, int(threads_per_run))) for job in jobs]
+                futures = [pool.submit(_run_one, (fn, job, int(threads_per_run))) for job in jobs]
                 for fut in futures:
                     results.append(fut.result())
                     bar.update()

@@ -129,7 +129,7 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
         ensure_writable(out_dir, "folder for executed notebooks", "pass a writable --output-dir")
     except StorageError as exc:
         raise ParamError(str(exc)) from None
-    chapter, params = resolve_params(chapter_key, preset, overrides)
+    chapter, _ = resolve_params(chapter_key, preset, overrides)  # everything refused before the kernel starts
     out = out_dir / f"{chapter.slug}.ipynb"
     partial = out_dir / f".{chapter.slug}.partial.ipynb"
     failed = out_dir / f".{chapter.slug}.failed.ipynb"
