@@ -41,7 +41,7 @@ class Chapter:
     id: str
     slug: str
     title: str
-    module: str  # provides validate_params(params)
+    module: str  # the chapter's study module: validate_params(params), optional check_inputs(params)
 
     @property
     def notebook_md(self) -> Path:
@@ -75,10 +75,10 @@ CHAPTERS: dict[str, Chapter] = {
     c.id: c
     for c in (
         Chapter("01", "01_gaussian_theory", "Gaussians and discrete distributions: the theory",
-                "collapse_utils.gaussian"),
-        Chapter("02", "02_gaussian_mixtures", "Gaussian mixtures collapse", "collapse_utils.gmm"),
-        Chapter("03", "03_vae_mnist", "A VAE on MNIST forgets", "collapse_utils.vae"),
-        Chapter("04", "04_language_models", "Language models collapse", "collapse_utils.lm"),
+                "collapse_utils.chapters.gaussian_theory"),
+        Chapter("02", "02_gaussian_mixtures", "Gaussian mixtures collapse", "collapse_utils.chapters.gaussian_mixtures"),
+        Chapter("03", "03_vae_mnist", "A VAE on MNIST forgets", "collapse_utils.chapters.vae_mnist"),
+        Chapter("04", "04_language_models", "Language models collapse", "collapse_utils.chapters.language_models"),
     )
 }
 
@@ -251,11 +251,34 @@ class ChapterRun:
 
         return run_dir(self.chapter.slug, self.run_name)
 
-    def save(self, metrics, tables=None) -> Path:
-        """Write results/<chapter>/<run-name>/metrics.csv (+ params.json, extra tables)."""
+    def save(self, metrics, tables=None, claims=None) -> Path:
+        """Write results/<chapter>/<run-name>/metrics.csv (+ params.json, extra tables, claims.csv)."""
         from .results import save_results
 
-        return save_results(self.chapter.slug, self.run_name, metrics, self.params, tables)
+        d = save_results(self.chapter.slug, self.run_name, metrics, self.params, tables)
+        if claims is not None:
+            self.save_claims(claims)
+        return d
+
+    def save_claims(self, claims):
+        """Write claims.csv beside metrics.csv (and, during a book build, ``<slug>.claims.csv`` where
+        the scorecard page is made from), glue every verdict and number for the prose, and return
+        the claims as a table."""
+        import os
+
+        from .claims import claims_frame, glue_claims
+        from .results import save_table
+
+        if not claims:
+            raise ValueError(f"chapter {self.chapter.id} declared no claims")
+        df = claims_frame(list(claims), self.chapter.id)
+        save_table(df, self.dir / "claims.csv")
+        book = os.environ.get("COLLAPSE_CLAIMS_DIR")
+        if book:
+            save_table(df.assign(preset=self.params.get("preset"), run_name=self.run_name, page=self.chapter.slug),
+                       Path(book) / f"{self.chapter.slug}.claims.csv")
+        glue_claims(f"c{self.chapter.id}", list(claims))
+        return df
 
 
 def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRun:

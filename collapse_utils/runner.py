@@ -23,7 +23,7 @@ import yaml
 from .config import COMMON_PARAMS, PRESETS, ParamError, available_chapters, get_chapter, load_preset
 from .results import repo_root
 
-__all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults"]
+__all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults", "write_scorecard"]
 
 
 def _read_md(chapter):
@@ -142,6 +142,7 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"  # tqdm reads TQDM_* overrides; keeps rendered pages clean
     os.environ.setdefault("PYTHONPATH", str(root))
+    os.environ["COLLAPSE_CLAIMS_DIR"] = str(out_dir.resolve())  # <slug>.claims.csv for the scorecard page
     # the kernel runs in notebooks/: paths given relative to where this command was started must not break
     for var in ("COLLAPSE_DATA_DIR", "COLLAPSE_RESULTS_DIR"):
         if os.environ.get(var):
@@ -221,6 +222,16 @@ def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None
     print(f"{'all chapters'.ljust(width)}  {preset:<6}  {time.time() - t_book:7.1f}\n", flush=True)
 
 
+def write_scorecard(generated: str | Path) -> Path:
+    """``scorecard.md`` beside the executed chapters, from the claims each of them wrote."""
+    from .claims import read_claims, scorecard_markdown
+    from .storage import atomic_write_bytes
+
+    path = Path(generated) / "scorecard.md"
+    atomic_write_bytes(path, scorecard_markdown(read_claims(generated)).encode())
+    return path
+
+
 def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True,
                root: str | Path | None = None) -> Path:
     """Execute the chapters (all are checked before the first one starts), then build the HTML book.
@@ -238,6 +249,7 @@ def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict:
     missing = [c.slug for c in available_chapters().values() if not (generated / f"{c.slug}.ipynb").exists()]
     if missing:
         raise ParamError(f"executed notebooks missing for {missing}; run them first")
+    write_scorecard(generated)
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",
            "build", str(root)]
     if strict:

@@ -54,7 +54,7 @@ def test_toc_lists_every_chapter_in_order():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
     gen = [f.split("/")[-1] for f in files if f.startswith("book/_generated/")]
-    assert gen == [c.slug for c in config.CHAPTERS.values()]
+    assert gen == [c.slug for c in config.CHAPTERS.values()] + ["scorecard"]
 
 
 def test_chapter_01_smoke_run(smoke_chapter, read_executed, results_tmp):
@@ -133,3 +133,13 @@ def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path)
     assert seen["data"] == str(tmp_path / "some/relative/data") and Path(seen["data"]).is_absolute()
     assert seen["cwd"] != str(tmp_path)
     assert os.environ["COLLAPSE_DATA_DIR"] == "some/relative/data"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_prose_has_no_typed_result_numbers(chapter):
+    """Numbers in a chapter's prose come from its run (glued) or are the paper's own, cited."""
+    from collapse_utils.claims import typed_numbers
+
+    nb = jupytext.read(config.get_chapter(chapter).notebook_md)
+    typed = [n for c in nb.cells if c.cell_type == "markdown" for n in typed_numbers(c.source)]
+    assert not typed, f"typed numbers in the prose of chapter {chapter}: {typed}; glue them from the run"

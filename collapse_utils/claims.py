@@ -1,0 +1,174 @@
+"""Claims: the paper's statements each chapter tests, with a verdict computed from the run.
+
+Every chapter's study module has a ``claims(...) -> list[Claim]`` function.  A claim is one row of
+``results/<chapter>/<run-name>/claims.csv`` and of the book's scorecard page: what the paper says,
+what this run measured, where the evidence is (a figure or table label), and a verdict:
+
+``reproduced``                  the run shows what the paper states, by the claim's own criterion;
+``not visible at this preset``  the run is too small to tell (too few generations, seeds, samples);
+``contradicted``                the run is large enough to tell, and it shows something else.
+
+Pages never state a run-dependent result in typed prose: numbers are glued from the run
+(:func:`glue`, ``{glue:text}`key:.2f```) and sentences whose truth depends on the run are written
+from a claim's verdict (``{glue:md}`key```).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["VERDICTS", "Claim", "judge", "finite", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
+           "read_claims", "scorecard_markdown"]
+
+REPRODUCED, NOT_VISIBLE, CONTRADICTED = VERDICTS = ("reproduced", "not visible at this preset", "contradicted")
+COLUMNS = ["chapter", "id", "statement", "paper", "measured", "evidence", "verdict"]
+
+
+@dataclass
+class Claim:
+    """One statement of the paper, tested by this run."""
+
+    id: str                 # short, unique within the chapter, e.g. "variance-collapse"
+    statement: str          # the paper's statement, in words
+    paper: str              # the paper's value or direction, e.g. "0.9 -> 0.01" or "rises"
+    measured: str           # what this run measured, formatted
+    evidence: str           # a figure/table label of the chapter, e.g. "fig-02-spread"
+    verdict: str            # one of VERDICTS
+    chapter: str = ""
+    extra: dict = field(default_factory=dict, repr=False)  # numbers a page may glue
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if not self.id or any(c.isspace() for c in self.id):
+            raise ValueError(f"claim id must be a non-empty word, got {self.id!r}")
+
+
+def judge(holds: bool, visible: bool = True) -> str:
+    """The verdict of a claim: ``visible`` says whether this run can tell at all (enough
+    generations / seeds / samples, finite numbers), ``holds`` whether it shows the paper's statement."""
+    if not visible:
+        return NOT_VISIBLE
+    return REPRODUCED if bool(holds) else CONTRADICTED
+
+
+def finite(*xs: float) -> bool:
+    return all(x is not None and math.isfinite(float(x)) for x in xs)
+
+
+def claims_frame(claims: list[Claim], chapter: str | None = None) -> pd.DataFrame:
+    rows = []
+    ids = set()
+    for c in claims:
+        if c.id in ids:
+            raise ValueError(f"claim id {c.id!r} appears twice")
+        ids.add(c.id)
+        row = {k: v for k, v in asdict(c).items() if k != "extra"}
+        row["chapter"] = chapter or c.chapter
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _esc(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def claims_markdown(claims: list[Claim] | pd.DataFrame, link: bool = True) -> str:
+    """A Markdown table of claims (paper vs this run, verdict), evidence as a {numref} link."""
+    df = claims if isinstance(claims, pd.DataFrame) else claims_frame(claims)
+    lines = ["| claim | paper | this run | verdict | evidence |", "| --- | --- | --- | --- | --- |"]
+    for _, r in df.iterrows():
+        ev = r["evidence"]
+        ev = f"{{numref}}`{ev}`" if link and str(ev).startswith("fig-") else f"`{ev}`" if ev else ""
+        lines.append(f"| {_esc(r['statement'])} | {_esc(r['paper'])} | {_esc(r['measured'])} | "
+                     f"**{r['verdict']}** | {ev} |")
+    return "\n".join(lines)
+
+
+def glue(name: str, value: Any) -> Any:
+    """Glue a run's value for the page's prose: numbers for ``{glue:text}`name:.2f```, text (Markdown)
+    for ``{glue:md}`name```.  Outside a notebook kernel it does nothing.  Returns the value."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover
+        return value
+    if get_ipython() is None:
+        return value
+    from IPython.display import Markdown
+    from myst_nb import glue as _glue
+
+    _glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
+    return value
+
+
+def glue_claims(prefix: str, claims: list[Claim]) -> None:
+    """Glue every claim's verdict (``<prefix>_<id>_verdict``) and measured value (``..._measured``),
+    and every number in its ``extra`` (``<prefix>_<id>_<key>``)."""
+    for c in claims:
+        key = f"{prefix}_{c.id.replace('-', '_')}"
+        glue(f"{key}_verdict", c.verdict)
+        glue(f"{key}_measured", c.measured)
+        for k, v in c.extra.items():
+            glue(f"{key}_{k}", v)
+
+
+def read_claims(folder: str | Path) -> pd.DataFrame:
+    """Every ``*.claims.csv`` in a folder (what the chapters of one book build wrote), in chapter order."""
+    files = sorted(Path(folder).glob("*.claims.csv"))
+    if not files:
+        return pd.DataFrame(columns=[*COLUMNS, "preset", "run_name", "page"])
+    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+
+
+def scorecard_markdown(df: pd.DataFrame) -> str:
+    """The scorecard page: every claim of every chapter, paper vs this build, with verdict counts."""
+    counts = df["verdict"].value_counts() if len(df) else pd.Series(dtype=int)
+    out = [
+        "# Scorecard: the paper's claims in this build",
+        "",
+        "Every chapter tests statements of Shumailov et al. {cite}`shumailov2024` on its own run and writes a "
+        "verdict computed from that run: **reproduced**, **not visible at this preset** (the run is too small to "
+        "tell), or **contradicted**. This page gathers them at build time; nothing on it is typed by hand.",
+        "",
+        "Verdicts in this build: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS) + ".",
+        "",
+    ]
+    for (chapter, page, preset), d in df.groupby(["chapter", "page", "preset"], sort=True):
+        out += [f"## Chapter {int(chapter)}: {{doc}}`{page}`", "",
+                f"Preset `{preset}` (run `{d['run_name'].iloc[0]}`).", "", claims_markdown(d), ""]
+    return "\n".join(out)
+
+
+_SKIP = [
+    r"\$\$.*?\$\$",                      # display maths
+    r"\$[^$\n]+\$",                      # inline maths
+    r"```.*?```",                        # fenced blocks
+    r"\{[a-z:\-]+\}`[^`]*`",             # roles: {glue:text}`...`, {cite}`...`, {numref}`...`
+    r"`[^`]*`",                          # code spans
+    r"\]\([^)]*\)",                      # link targets
+    r"<!--.*?-->",                       # comments
+]
+_NUMBER = r"(?<![\w.])(\d+\.\d+|\d+(?:\.\d+)?\s?%)"
+
+
+def typed_numbers(markdown: str) -> list[str]:
+    """Result-like numbers (decimals, percentages) typed into prose, outside maths, code and roles.
+
+    A sentence that cites its source (``{cite}``) may quote the paper's own numbers and is skipped.
+    Every other such number in a chapter's prose would go stale at another preset: glue it.
+    """
+    import re
+
+    found = []
+    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z(*_])|\n\s*\n", markdown):
+        if "{cite}" in sentence or "{cite:" in sentence:
+            continue
+        text = sentence
+        for pat in _SKIP:
+            text = re.sub(pat, " ", text, flags=re.S)
+        found += [m.strip() for m in re.findall(_NUMBER, text)]
+    return found
