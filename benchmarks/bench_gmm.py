@@ -22,6 +22,7 @@ import argparse
 
 def main(argv=None):
     from collapse_utils import gmm
+    from collapse_utils.chapters.gaussian_mixtures import speed_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=64, help="seeds in the batched run")
@@ -36,7 +37,7 @@ def main(argv=None):
                                checkpoints=[g for g in (10, 25, 50, 100, 200, 500, 1000, 2000) if g <= G])
     print(f"official setting: blob, N={a.n}, K=2 full, tol=1e-5, max_iter=2000; {G} generations; "
           f"threads={a.threads}")
-    print(gmm.speed_table(cmp).to_string(index=False))
+    print(speed_table(cmp).to_string(index=False))
     print(f"\nspeed-up in seed-generations per second: {cmp['speedup_wall']:.1f}x (wall clock), "
           f"{cmp['speedup_cpu']:.1f}x (process CPU time)")
     agree = gmm.distance_agreement(cmp)

@@ -1,4 +1,4 @@
-r"""Chapter 01, discrete part: a categorical distribution refitted by counts.
+r"""A categorical distribution refitted by counts (the discrete model of chapter 01).
 
 With an exact fit (the empirical frequencies) only sampling error acts.  The
 chain over fitted distributions is a neutral Wright-Fisher process: every state
@@ -12,7 +12,8 @@ import numpy as np
 
 from .engine import Experiment, GenerationContext
 
-__all__ = ["zipf_probs", "CategoricalExperiment", "wilson_interval", "sample_categorical"]
+__all__ = ["zipf_probs", "CategoricalExperiment", "wilson_interval", "sample_categorical", "absorption_table",
+           "survival_curves"]
 
 
 def zipf_probs(k: int, exponent: float) -> np.ndarray:
@@ -105,36 +106,6 @@ def wilson_interval(k, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     return centre - half, centre + half
 
 
-def run_discrete(p: dict, progress: bool = True, checkpoint_root=None):
-    """The chapter-01 categorical study: refit a Zipf distribution by counts until every run is absorbed."""
-    import pandas as pd
-
-    from .engine import run_recursion
-    from .gaussian import record_generations
-
-    p0 = zipf_probs(p["discrete_states"], p["discrete_zipf"])
-    m, n_seeds, seed = p["discrete_m"], p["discrete_seeds"], p["seed"]
-    ex = CategoricalExperiment(p0, tail_cut=1.0 / m)
-    res = run_recursion(ex, ex.real(n_seeds, m, seed), p["discrete_max_generations"], seed=seed,
-                        record=record_generations(p["discrete_max_generations"]), progress=progress,
-                        columns={"study": "discrete", "M": m},
-                        checkpoint_dir=None if checkpoint_root is None else f"{checkpoint_root}/discrete",
-                        checkpoint_every=max(1, p["discrete_max_generations"] // 20))
-    last = int(res.bookkeeping.generation.max())
-    seeds = np.arange(seed, seed + n_seeds)
-    final = pd.DataFrame({
-        "experiment": ex.name, "regime": "replace", "seed": np.repeat(seeds, 2), "generation": last,
-        "metric": np.tile(["absorbed_state", "absorption_generation"], n_seeds),
-        "value": np.column_stack([ex.absorbed_state, ex.absorbed_at]).ravel().astype(float),
-        "study": "discrete", "M": m,
-    })
-    extinction = pd.DataFrame({
-        "seed": np.repeat(seeds, len(p0)), "state": np.tile(np.arange(len(p0)), n_seeds),
-        "p0": np.tile(p0, n_seeds), "extinct_at": ex.extinct_at.ravel(),
-    })
-    return ex, pd.concat([res.metrics, final], ignore_index=True), extinction
-
-
 def absorption_table(ex: CategoricalExperiment, level: float = 0.95):
     """Per state: original probability, absorption count and frequency with a Wilson interval."""
     import pandas as pd
@@ -152,47 +123,3 @@ def survival_curves(ex: CategoricalExperiment, generations: np.ndarray) -> np.nd
     """(len(generations), k): share of runs in which each state still has mass at each generation."""
     ext = np.where(ex.extinct_at < 0, np.iinfo(np.int64).max, ex.extinct_at)
     return (ext[None, :, :] > np.asarray(generations)[:, None, None]).mean(axis=1)
-
-
-def plot_survival(ex: CategoricalExperiment, max_generation: int):
-    import matplotlib as mpl
-    import matplotlib.pyplot as plt
-
-    from .plotting import finish
-
-    g = np.unique(np.round(np.logspace(0, np.log10(max(max_generation, 2)), 200)).astype(int))
-    surv = survival_curves(ex, g)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    norm = mpl.colors.LogNorm(ex.p0.min(), ex.p0.max())
-    cmap = mpl.colormaps["viridis"]
-    for s in range(ex.k):
-        axes[0].plot(g, surv[:, s], color=cmap(norm(ex.p0[s])), lw=1.4)
-    axes[0].set_xscale("log")
-    fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0], label="original probability $q_s$")
-    finish(axes[0], "generation $g$", "share of runs where state $s$ survives", legend=False)
-    t = ex.absorbed_at[ex.absorbed_at >= 0]
-    axes[1].hist(t, bins=40, color="grey")
-    axes[1].axvline(np.median(t), color="k", ls="--", label=f"median {np.median(t):.0f}")
-    finish(axes[1], "generation of absorption in a delta", "runs")
-    fig.tight_layout()
-    return fig
-
-
-def plot_absorption(table):
-    import matplotlib.pyplot as plt
-
-    from .plotting import finish
-
-    fig, ax = plt.subplots(figsize=(6.5, 5))
-    err = np.clip(np.vstack([table.frequency - table.ci_low, table.ci_high - table.frequency]), 0, None)
-    ax.errorbar(table.p0, table.frequency, yerr=err, fmt="o", ms=4, capsize=2, label="absorbed there (95 % Wilson CI)")
-    lim = [table.p0.min() * 0.5, max(table.p0.max(), table.ci_high.max()) * 1.3]
-    ax.plot(lim, lim, "k--", lw=1, label="theory: frequency = $q_s$")
-    ax.set_xscale("log")
-    ax.set_yscale("log")  # a state no run was absorbed in has frequency 0 and is not drawn
-    ax.set_xlim(lim)
-    ax.set_ylim(lim)
-    finish(ax, "original probability $q_s$ of state $s$", "share of runs absorbed in state $s$",
-           f"{int(table.runs.iloc[0])} runs")
-    fig.tight_layout()
-    return fig

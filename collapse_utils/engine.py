@@ -41,7 +41,7 @@ from .seeding import derive_seed, make_rng
 from .storage import atomic_write_bytes, read_cache
 
 __all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
-           "progress_disabled", "source_hash", "Checkpoints"]
+           "progress_disabled", "source_hash", "Checkpoints", "record_generations"]
 
 
 def progress_disabled(progress: bool = True) -> bool:
@@ -193,6 +193,17 @@ class Checkpoints:
     def clear(self) -> None:
         for path in self.files():
             path.unlink(missing_ok=True)
+
+
+def record_generations(generations: int, every: int | None = None, extra: Iterable[int] = (),
+                       points: int = 40) -> np.ndarray:
+    """Generations worth evaluating (``run_recursion``'s ``record``): 0..10, about ``points`` log-spaced
+    ones up to the last (plenty for log-x plots, few table rows), every ``every``-th and ``extra``."""
+    g = np.concatenate([np.arange(min(11, generations + 1)),
+                        np.round(np.logspace(0, np.log10(max(generations, 1)), points)).astype(int),
+                        np.arange(0, generations + 1, every) if every else np.zeros(0, dtype=int),
+                        np.asarray(list(extra), dtype=int), [generations]])
+    return np.unique(g[(g >= 0) & (g <= generations)])
 
 
 def _sizes_fn(sizes: int | Sequence[int] | Callable[[int], int] | None, n_real: int) -> Callable[[int], int]:

@@ -1,4 +1,4 @@
-r"""Chapter 02: Gaussian mixtures refitted on their own samples, many seeds at once.
+r"""Gaussian mixtures refitted on their own samples, many seeds at once (the model of chapter 02).
 
 The official notebook refits ``sklearn.mixture.GaussianMixture(n_components=2,
 covariance_type="full", tol=1e-5, max_iter=2000)`` on ``N = 1000`` samples drawn from the
@@ -13,6 +13,10 @@ computation for a whole batch of independent seeds at once:
 ``GMM``              fitted parameters of a batch, ``sample`` and ``log_prob``.
 ``l2_distance_sq``   the closed-form squared L2 distance between two mixtures (the paper's metric).
 ``GMMExperiment``    the experiment that :func:`collapse_utils.engine.run_recursion` drives.
+``speed_comparison`` the batched recursion timed against sklearn refitted one seed at a time.
+
+The chapter's run plan, figures, tables and claims live in
+:mod:`collapse_utils.chapters.gaussian_mixtures`; this module knows nothing about pages.
 
 How the EM is made fast.  With the quadratic features
 :math:`\phi(x) = (1, x_1..x_d, x_i x_j\,(i \le j))` every log-density
@@ -44,9 +48,7 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from .config import Checker
 from .engine import Experiment, GenerationContext
-from .results import seed_matrix
 from .seeding import make_rng
 
 __all__ = [
@@ -55,9 +57,6 @@ __all__ = [
     "GMM",
     "ConvergenceInfo",
     "GMMExperiment",
-    "Study",
-    "all_bookkeeping",
-    "all_metrics",
     "distance_agreement",
     "fit_gmm",
     "kmeans_labels",
@@ -65,30 +64,15 @@ __all__ = [
     "l2_distance_sq",
     "n_free_parameters",
     "params_from_labels",
-    "plot_expressivity",
-    "plot_l2",
-    "plot_panels",
-    "plot_regimes",
-    "plot_spreads",
-    "plot_tails",
     "real_data",
-    "record_generations",
-    "run_chapter",
-    "run_study",
     "sklearn_agreement",
     "speed_comparison",
-    "speed_table",
-    "summary_table",
     "tail_thresholds",
-    "timing_table",
     "truth",
-    "validate_params",
-    "what_we_saw",
 ]
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 DATA_SETTINGS = ("blob", "two_gaussians")
-SETTING_LABELS = {"blob": "official code: one 2-D standard blob", "two_gaussians": "paper: two separated Gaussians"}
 LOG2PI = math.log(2.0 * math.pi)
 EPS = np.finfo(np.float64).eps
 try:  # torch is a core dependency; only its vectorised exp is used here
@@ -619,6 +603,64 @@ def _coef_from_T_py(T, reg_covar):
     return np.array(out), ok
 
 
+class _Rows:
+    """Per-seed bookkeeping of a batched EM loop, shared by ``_em`` and ``_em_k2d2_full``.
+
+    ``out`` receives each seed's final state (the M-step's result) as it converges; ``buf`` maps
+    the working arrays' rows to the batch's rows, ``alive`` says which working rows still iterate.
+    """
+
+    def __init__(self, out: np.ndarray, max_iter: int, min_rows: int = 0):
+        S = out.shape[0]
+        self.out, self.max_iter, self.min_rows = out, int(max_iter), min_rows
+        self.n_iter = np.full(S, int(max_iter))
+        self.converged = np.zeros(S, dtype=bool)
+        self.lower = np.full(S, -np.inf)
+        self.buf = np.arange(S)  # rows of the full batch held in the working arrays
+        self.alive = np.ones(S, dtype=bool)  # which working rows still iterate
+        self.prev = np.full(S, -np.inf)
+        self.finished = False
+
+    def step(self, it: int, ll: np.ndarray, state: np.ndarray, tol: float, info) -> np.ndarray | None:
+        """Record iteration ``it`` (mean log-likelihoods ``ll``, states of the working rows).
+        Returns the working rows to keep when the working arrays should shrink, else None;
+        ``finished`` turns True once every seed has converged."""
+        if info is not None:
+            info.em_iterations += int(self.alive.sum())
+            info.em_sweeps += 1
+        done = np.abs(ll - self.prev) < tol
+        done &= self.alive
+        self.prev = ll
+        if not done.any():
+            return None
+        rows = self.buf[done]
+        self.out[rows] = state[done]
+        self.lower[rows] = ll[done]
+        self.n_iter[rows], self.converged[rows] = it, True
+        self.alive &= ~done
+        n_alive = int(self.alive.sum())
+        if n_alive == 0:
+            self.finished = True
+            return None
+        if n_alive <= 0.75 * len(self.buf) or len(self.buf) <= self.min_rows:  # drop finished rows
+            keep = np.flatnonzero(self.alive)
+            self.buf, self.prev, self.alive = self.buf[keep], self.prev[keep], self.alive[keep]
+            return keep
+        return None
+
+    def close(self, state: np.ndarray, S: int) -> None:
+        """After the last iteration: seeds still iterating keep their last state, with a warning."""
+        alive = self.alive
+        if not alive.any():
+            return
+        if np.isnan(self.prev[alive]).any():
+            raise FloatingPointError(f"EM produced NaN log-likelihoods for batch rows {sorted(self.buf[alive].tolist())}")
+        self.out[self.buf[alive]] = state[alive]
+        self.lower[self.buf[alive]] = self.prev[alive]
+        warnings.warn(f"EM did not converge within max_iter={self.max_iter} for {alive.sum()} of {S} seed(s)",
+                      RuntimeWarning, stacklevel=4)
+
+
 def _em_k2d2_full(PhiT, Phi_sum, T, tol, max_iter, reg_covar, info):
     """The EM loop of ``_em`` specialised to two components, two dimensions, full covariances.
 
@@ -626,20 +668,14 @@ def _em_k2d2_full(PhiT, Phi_sum, T, tol, max_iter, reg_covar, info):
     parameters are computed once, from the sums of each seed's final M-step."""
     S, _, N = PhiT.shape
     inv_n = 1.0 / N
-    out_T = T.copy()
-    n_iter = np.full(S, int(max_iter))
-    converged = np.zeros(S, dtype=bool)
-    lower = np.full(S, -np.inf)
-    buf = np.arange(S)
-    alive = np.ones(S, dtype=bool)
-    prev = np.full(S, -np.inf)
+    rb = _Rows(T.copy(), max_iter, min_rows=2 * _PY_ROWS)
     PTb, Mb = PhiT, Phi_sum
     Tcur = T
     coef, ok = _coef_from_T(Tcur, reg_covar)
     for it in range(1, int(max_iter) + 1):
-        if not ok and not _coef_from_T(Tcur[alive], reg_covar)[1]:
-            _, bad = _coef_d2(_mstep_d2(Tcur[alive], "full", reg_covar))
-            rows = sorted(buf[alive][bad.any(-1)].tolist())
+        if not ok and not _coef_from_T(Tcur[rb.alive], reg_covar)[1]:
+            _, bad = _coef_d2(_mstep_d2(Tcur[rb.alive], "full", reg_covar))
+            rows = sorted(rb.buf[rb.alive][bad.any(-1)].tolist())
             raise ValueError(f"EM failed for batch row(s) {rows}: a component has an ill-defined covariance "
                              "(collapsed samples); increase reg_covar or use fewer components")
         # E-step: delta = l1 - l0, r1 = sigmoid(delta), log-likelihood as in _estep_k2
@@ -653,38 +689,17 @@ def _em_k2d2_full(PhiT, Phi_sum, T, tol, max_iter, reg_covar, info):
         mid = coef[:, 0] + coef[:, 1]
         ll = (0.5 * (np.add.reduce(Mb * mid, axis=1) + np.add.reduce(delta, axis=1)) - lsum) * inv_n
         # M-step sums and the next coefficients
-        Tb = np.empty((len(buf), 2, 6))
-        np.matmul(PTb, r1[:, :, None], out=Tb[:, 1, :, None])
-        np.subtract(Mb, Tb[:, 1], out=Tb[:, 0])
-        Tcur = Tb
-        coef, ok = _coef_from_T(Tb, reg_covar)
-        if info is not None:
-            info.em_iterations += int(alive.sum())
-            info.em_sweeps += 1
-        done = np.abs(ll - prev) < tol
-        done &= alive
-        prev = ll
-        if done.any():
-            rows = buf[done]
-            out_T[rows] = Tb[done]
-            lower[rows] = ll[done]
-            n_iter[rows], converged[rows] = it, True
-            alive &= ~done
-            n_alive = int(alive.sum())
-            if n_alive == 0:
-                break
-            if n_alive <= 0.75 * len(buf) or len(buf) <= 2 * _PY_ROWS:  # drop finished rows
-                keep = np.flatnonzero(alive)
-                buf, PTb, Mb, coef, prev, alive = buf[keep], PTb[keep], Mb[keep], coef[keep], prev[keep], alive[keep]
-                Tcur = Tcur[keep]
-    if alive.any():
-        if np.isnan(prev[alive]).any():
-            raise FloatingPointError(f"EM produced NaN log-likelihoods for batch rows {sorted(buf[alive].tolist())}")
-        out_T[buf[alive]] = Tb[alive]
-        lower[buf[alive]] = prev[alive]
-        warnings.warn(f"EM did not converge within max_iter={max_iter} for {alive.sum()} of {S} seed(s)",
-                      RuntimeWarning, stacklevel=3)
-    return _mstep_d2(out_T, "full", reg_covar), n_iter, converged, lower
+        Tcur = np.empty((len(rb.buf), 2, 6))
+        np.matmul(PTb, r1[:, :, None], out=Tcur[:, 1, :, None])
+        np.subtract(Mb, Tcur[:, 1], out=Tcur[:, 0])
+        coef, ok = _coef_from_T(Tcur, reg_covar)
+        keep = rb.step(it, ll, Tcur, tol, info)
+        if rb.finished:
+            break
+        if keep is not None:
+            PTb, Mb, coef, Tcur = PTb[keep], Mb[keep], coef[keep], Tcur[keep]
+    rb.close(Tcur, S)
+    return _mstep_d2(rb.out, "full", reg_covar), rb.n_iter, rb.converged, rb.lower
 
 
 @dataclass
@@ -761,49 +776,23 @@ def _em(X, K, tol, max_iter, init_labels, coef_fn, mstep_fn, info):
     R0 = (np.asarray(init_labels)[:, None, :] == np.arange(K)[:, None]).astype(np.float64)  # (S, K, N)
     th = mstep_fn(R0 @ np.swapaxes(PhiT, 1, 2))  # sklearn's _initialize: one-hot responsibilities
 
-    out = th.copy()
-    n_iter = np.full(S, int(max_iter))
-    converged = np.zeros(S, dtype=bool)
-    lower = np.full(S, -np.inf)
-    buf = np.arange(S)  # rows of the full batch held in the working arrays
-    alive = np.ones(S, dtype=bool)  # which working rows still iterate
-    prev = np.full(S, -np.inf)
+    rb = _Rows(th.copy(), max_iter)
     PTb, Mb = PhiT, Phi_sum
     for it in range(1, int(max_iter) + 1):
         coef, bad = coef_fn(th)
-        if bad.any() and bad[alive].any():
-            rows = sorted(buf[np.flatnonzero(bad.any(-1) & alive)].tolist())
+        if bad.any() and bad[rb.alive].any():
+            rows = sorted(rb.buf[np.flatnonzero(bad.any(-1) & rb.alive)].tolist())
             raise ValueError(f"EM failed for batch row(s) {rows}: a component has an ill-defined covariance "
                              "(collapsed samples); increase reg_covar or use fewer components")
         ll, T = _estep(PTb, Mb, coef)
         th = mstep_fn(T)
-        if info is not None:
-            info.em_iterations += int(alive.sum())
-            info.em_sweeps += 1
-        done = np.abs(ll - prev) < tol
-        done &= alive
-        prev = ll
-        if done.any():
-            rows = buf[done]
-            out[rows] = th[done]
-            lower[rows] = ll[done]
-            n_iter[rows], converged[rows] = it, True
-            alive &= ~done
-            n_alive = int(alive.sum())
-            if n_alive == 0:
-                break
-            if n_alive <= 0.75 * len(buf):  # drop finished rows from the working arrays
-                keep = np.flatnonzero(alive)
-                buf, PTb, Mb = buf[keep], PTb[keep], Mb[keep]
-                th, prev, alive = th[keep], prev[keep], alive[keep]
-    if alive.any():
-        if np.isnan(prev[alive]).any():
-            raise FloatingPointError(f"EM produced NaN log-likelihoods for batch rows {sorted(buf[alive].tolist())}")
-        out[buf[alive]] = th[alive]
-        lower[buf[alive]] = prev[alive]
-        warnings.warn(f"EM did not converge within max_iter={max_iter} for {alive.sum()} of {S} seed(s)",
-                      RuntimeWarning, stacklevel=3)
-    return out, n_iter, converged, lower
+        keep = rb.step(it, ll, th, tol, info)
+        if rb.finished:
+            break
+        if keep is not None:
+            PTb, Mb, th = PTb[keep], Mb[keep], th[keep]
+    rb.close(th, S)
+    return rb.out, rb.n_iter, rb.converged, rb.lower
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,366 +973,7 @@ class GMMExperiment(Experiment):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameters
-# ---------------------------------------------------------------------------------------------
-def validate_params(params: dict) -> None:
-    """One clear error listing every problem, before any compute."""
-    c = Checker(params, "02")
-    c.int("seed", 0).int("seeds", 2, 100_000).int("generations", 1, 1_000_000)
-    c.int("n_samples", 1, 10_000_000).int("n_components", 1, 1000).choice("covariance_type", COVARIANCE_TYPES)
-    c.float("tol", 0.0, open_lo=True).int("max_iter", 1).float("reg_covar", 0.0)
-    c.float("separation", 0.0).float("component_std", 0.0, open_lo=True)
-    c.ints("panel_generations", 0).int("record_every", 1).int("eval_samples", 0, 10_000_000)
-    c.regimes("regimes").int("regime_seeds", 2, 100_000).int("regime_generations", 1, 1_000_000)
-    c.choice("regime_data", DATA_SETTINGS)
-    c.int("bench_seeds", 1, 100_000).int("bench_sklearn_seeds", 1, 10_000).int("bench_generations", 1, 100_000)
-    p = params
-    K, N, cov = p.get("n_components"), p.get("n_samples"), p.get("covariance_type")
-    if isinstance(K, int) and K >= 1 and isinstance(N, int) and cov in COVARIANCE_TYPES:
-        k_free = n_free_parameters(K, 2, cov)
-        c.check(N >= k_free, f"n_samples={N} is smaller than the {k_free} free parameters of a {K}-component "
-                             f"'{cov}' mixture in 2-D; use n_samples >= {k_free}")
-    G, pg = p.get("generations"), p.get("panel_generations")
-    if isinstance(G, int) and isinstance(pg, (list, tuple)) and all(isinstance(x, int) for x in pg) and pg:
-        c.check(max(pg) <= G, f"panel_generations {list(pg)} go beyond generations={G}")
-    S, RS = p.get("seeds"), p.get("regime_seeds")
-    if isinstance(S, int) and isinstance(RS, int):
-        c.check(RS <= S, f"regime_seeds={RS} must not exceed seeds={S} (the regimes reuse the first seeds)")
-    RG, regs = p.get("regime_generations"), p.get("regimes")
-    if isinstance(RG, int) and isinstance(N, int) and isinstance(RS, int) and isinstance(regs, (list, tuple)) \
-            and any(str(r).strip().startswith("accumulate") for r in regs):
-        rows = RS * N * (RG + 1)
-        c.check(rows * 15 * 8 <= 8e9, f"accumulate keeps every generation's data: {RS} seeds x {N} x "
-                                      f"{RG + 1} generations needs ~{rows * 120 / 1e9:.1f} GB; "
-                                      "lower regime_generations or regime_seeds")
-    c.done()
-
-
-def record_generations(generations: int, every: int, extra: Sequence[int] = ()) -> np.ndarray:
-    """0..10, every ``every``-th generation, ~40 log-spaced ones and ``extra``."""
-    logs = np.round(np.logspace(0, np.log10(max(generations, 1)), 40)).astype(int)
-    g = np.concatenate([np.arange(min(11, generations + 1)), np.arange(0, generations + 1, every), logs,
-                        np.asarray(list(extra), dtype=int), [generations]])
-    return np.unique(g[(g >= 0) & (g <= generations)])
-
-
-# ---------------------------------------------------------------------------------------------
-# The chapter's studies
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Study:
-    """One data setting of one recursion: tidy metrics, bookkeeping, kept models, real data, timing.
-
-    Settings that ran in one batch share ``run`` (its name) and ``seconds`` (the batch's time).
-    """
-
-    label: str
-    metrics: pd.DataFrame
-    bookkeeping: pd.DataFrame
-    models: dict
-    real: np.ndarray
-    true_dist: GMM
-    thresholds: dict
-    seconds: float
-    em_iterations: int
-    resumed_from: int | None = None
-    run: str = ""
-    rows_in_run: int = 0
-
-
-def run_study(label: str, settings: str | Sequence[str], p: dict, n_components: int, seeds: Sequence[int],
-              generations: int, regime: str = "replace", keep: Sequence[int] = (), checkpoint_dir=None,
-              progress: bool = True, study: str = "settings") -> dict[str, Study]:
-    """One batched recursion over ``seeds`` for each data setting in ``settings`` (all in one batch)."""
-    from .engine import run_recursion
-
-    settings = [settings] if isinstance(settings, str) else list(settings)
-    seeds = [int(x) for x in seeds]
-    dists = [truth(st, p["separation"], p["component_std"]) for st in settings]
-    real = np.concatenate([real_data(d, seeds, p["n_samples"]) for d in dists])
-    groups = np.repeat(np.arange(len(settings)), len(seeds))
-    ex = GMMExperiment(dists, n_components, p["covariance_type"], p["tol"], p["max_iter"], p["reg_covar"],
-                       p["eval_samples"], name=f"gmm_k{n_components}", groups=groups)
-    t0 = time.perf_counter()
-    res = run_recursion(
-        ex, real, generations, regime=regime, seed=p["seed"], seeds=list(range(len(real))),  # rows; mapped below
-        record=record_generations(generations, p["record_every"], p["panel_generations"]),
-        keep_models=list(keep), checkpoint_dir=checkpoint_dir,
-        checkpoint_every=max(1, generations // (4 if "accumulate" in str(regime) else 10)), progress=progress,
-        columns={"study": study, "n_components": int(n_components), "N": int(p["n_samples"])},
-    )
-    seconds = time.perf_counter() - t0
-    row_seed = np.tile(seeds, len(settings))
-    out = {}
-    for i, st in enumerate(settings):
-        rows = np.flatnonzero(groups == i)
-        m = res.metrics[res.metrics.seed.isin(rows)].copy()
-        m["seed"] = row_seed[m.seed.to_numpy()]
-        m.insert(2, "data", st)
-        book = res.bookkeeping.copy()
-        book.insert(2, "data", st)
-        out[st] = Study(label if len(settings) == 1 else st, m.reset_index(drop=True), book,
-                        {g: mod[rows] for g, mod in res.models.items()}, real[rows], dists[i],
-                        ex.thresholds[i], seconds, ex.info.em_iterations, res.resumed_from,
-                        run=label, rows_in_run=len(real))
-    return out
-
-
-def run_chapter(p: dict, checkpoint_root=None, progress: bool = True) -> dict[str, Study]:
-    """Every study of chapter 02 at parameters ``p``.
-
-    ``blob`` / ``two_gaussians``: the main runs (``seeds`` seeds each, ``generations``, replace), in one
-    batch; ``expressivity``: one Gaussian fitted to the two-Gaussian data; ``regime:<name>``: the regimes
-    on the first ``regime_seeds`` seeds of the ``regime_data`` setting.
-    """
-    seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
-    G = p["generations"]
-    ck = (lambda name: None) if checkpoint_root is None else (lambda name: checkpoint_root / name)
-    out = run_study("blob + two_gaussians", list(DATA_SETTINGS), p, p["n_components"], seeds, G,
-                    keep=p["panel_generations"], checkpoint_dir=ck("settings"), progress=progress)
-    out["expressivity"] = run_study("expressivity (K = 1)", "two_gaussians", p, 1, seeds, G, keep=[0],
-                                    checkpoint_dir=ck("expressivity"), progress=progress,
-                                    study="expressivity")["two_gaussians"]
-    rseeds = seeds[:p["regime_seeds"]]
-    for regime in p["regimes"]:
-        name = "regime_" + str(regime).replace("(", "_").replace(")", "")
-        out[f"regime:{regime}"] = run_study(f"regime {regime}", p["regime_data"], p, p["n_components"], rseeds,
-                                            p["regime_generations"], regime=regime, checkpoint_dir=ck(name),
-                                            progress=progress, study="regimes")[p["regime_data"]]
-    return out
-
-
-def all_metrics(studies: dict[str, Study]) -> pd.DataFrame:
-    return pd.concat([s.metrics for s in studies.values()], ignore_index=True)
-
-
-def all_bookkeeping(studies: dict[str, Study]) -> pd.DataFrame:
-    return pd.concat([s.bookkeeping for s in studies.values()], ignore_index=True)
-
-
-def timing_table(studies: dict[str, Study]) -> pd.DataFrame:
-    """One row per batched recursion: seeds x generations, seconds, throughput, EM iterations."""
-    rows, seen = [], set()
-    for s in studies.values():
-        if s.run in seen:
-            continue
-        seen.add(s.run)
-        gens = int(s.bookkeeping["generation"].max())
-        fits = s.rows_in_run * (gens + 1)
-        fresh = s.resumed_from is None
-        rows.append({"run": s.run, "rows (settings x seeds)": s.rows_in_run, "generations": gens,
-                     "seconds": round(s.seconds, 1),
-                     "fits per second": round(fits / s.seconds, 1) if fresh else np.nan,
-                     "mean EM iterations per fit": round(s.em_iterations / fits, 1) if fresh else np.nan,
-                     "note": "" if fresh else f"resumed from a checkpoint at generation {s.resumed_from}"})
-    return pd.DataFrame(rows)
-
-
-def summary_table(studies: dict[str, Study], generations: Sequence[int]) -> pd.DataFrame:
-    """Median (over seeds) of the main metrics at a few generations, per data setting."""
-    rows = []
-    for setting in DATA_SETTINGS:
-        df = studies[setting].metrics
-        for g in generations:
-            sub = df[df.generation == g]
-            if sub.empty:
-                continue
-            med = sub.groupby("metric")["value"].median()
-            rows.append({"data": setting, "generation": int(g), "spread_min": med["spread_min"],
-                         "spread_max": med["spread_max"], "spread_overall": med["spread_overall"],
-                         "weight_min": med["weight_min"], "l2_gen0": med["l2_gen0"],
-                         "tail95": med.get("tail95", np.nan), "tail99": med.get("tail99", np.nan)})
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
-def _ellipse(ax, mean, cov, color, r=2.4477, **kw):
-    """The contour of Mahalanobis radius r (2.45: 95 % of a 2-D Gaussian's mass)."""
-    t = np.linspace(0, 2 * np.pi, 120)
-    L = np.linalg.cholesky(cov)
-    pts = mean[:, None] + r * L @ np.stack([np.cos(t), np.sin(t)])
-    ax.plot(pts[0], pts[1], color=color, **kw)
-
-
-def _truth_contours(ax, study: Study, lim: float):
-    t = np.linspace(-lim, lim, 161)
-    xx, yy = np.meshgrid(t, t)
-    lp = study.true_dist.log_prob(np.stack([xx.ravel(), yy.ravel()], -1)[None])[0].reshape(xx.shape)
-    levels = sorted(study.thresholds.values())
-    ax.contour(xx, yy, lp, levels=levels, colors="0.4", linestyles=["--", ":"][: len(levels)], linewidths=0.9)
-
-
-def plot_panels(studies: dict[str, Study], panel_generations: Sequence[int], row: int = 0, lim: float = 3.0,
-                n_points: int = 1000, seed: int = 0):
-    """Real data, then samples of the fitted mixture at each panel generation (one seed), per setting."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import palette
-
-    gens = [g for g in panel_generations if g in studies[DATA_SETTINGS[0]].models]
-    fig, axes = plt.subplots(len(DATA_SETTINGS), len(gens) + 1, figsize=(2.15 * (len(gens) + 1), 2.35 * 2 + 0.4),
-                             sharex=True, sharey=True, squeeze=False)
-    cols = palette(max(studies[s].models[gens[0]].n_components for s in DATA_SETTINGS) + 1)
-    for i, setting in enumerate(DATA_SETTINGS):
-        st = studies[setting]
-        ax = axes[i, 0]
-        x = st.real[row]
-        ax.scatter(x[:, 0], x[:, 1], s=2, color="0.3", alpha=0.5, rasterized=True)
-        _truth_contours(ax, st, lim)
-        ax.set_title("real data" if i == 0 else "")
-        ax.set_ylabel(f"{'blob' if setting == 'blob' else 'two Gaussians'}\n$x_2$")
-        for j, g in enumerate(gens):
-            m = st.models[g][row]
-            xs, lab = m.sample(n_points, make_rng(seed, g, "eval"))
-            ax = axes[i, j + 1]
-            for k in range(m.n_components):
-                sel = lab[0] == k
-                ax.scatter(xs[0, sel, 0], xs[0, sel, 1], s=2, color=cols[k], alpha=0.5, rasterized=True)
-                _ellipse(ax, m.means[0, k], m.covariances[0, k], cols[k], lw=1.2)
-            _truth_contours(ax, st, lim)
-            if i == 0:
-                ax.set_title(f"generation {g}")
-    for ax in axes.ravel():
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-        ax.set_aspect("equal")
-    for ax in axes[-1]:
-        ax.set_xlabel("$x_1$")
-    fig.tight_layout()
-    return fig
-
-
-def _xy(df, metric, **where):
-    g, v = seed_matrix(df, metric, **where)
-    return g, v
-
-
-def plot_l2(studies: dict[str, Study]):
-    """Squared L2 distance to generation 0 (and to the real distribution), bands over seeds, log y."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import band, finish, palette
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
-    cols = palette(2)
-    for ax, metric, title in zip(axes, ("l2_gen0", "l2_truth"),
-                                 ("to this seed's generation-0 fit", "to the real distribution")):
-        for setting, col in zip(DATA_SETTINGS, cols):
-            g, v = _xy(studies[setting].metrics, metric)
-            keep = g >= (1 if metric == "l2_gen0" else 0)
-            band(ax, g[keep], v[keep], label=SETTING_LABELS[setting], color=col)
-        ax.set_yscale("log")
-        finish(ax, "generation", r"$\|f_0 - f_g\|_2^2$" if metric == "l2_gen0" else r"$\|p - f_g\|_2^2$",
-               f"squared $L_2$ distance {title}", loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def plot_spreads(studies: dict[str, Study]):
-    """Per-component spreads (smaller and larger) and the mixture's overall spread over generations."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import band, finish, palette
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
-    cols = palette(3)
-    for ax, setting in zip(axes, DATA_SETTINGS):
-        df = studies[setting].metrics
-        for metric, col, lab in (("spread_max", cols[0], "larger component"),
-                                 ("spread_min", cols[1], "smaller component"),
-                                 ("spread_overall", cols[2], "whole mixture")):
-            g, v = _xy(df, metric)
-            band(ax, g, v, label=lab, color=col)
-        finish(ax, "generation", r"spread $\sqrt{\mathrm{tr}\,\Sigma / d}$", SETTING_LABELS[setting])
-    fig.tight_layout()
-    return fig
-
-
-def _generation_axis(ax, generations: int):
-    """Generations on a symlog axis: linear up to 10, logarithmic after (early and late collapse both visible)."""
-    ax.set_xscale("symlog", linthresh=10, linscale=0.6)
-    ax.set_xlim(0, generations)
-
-
-def plot_tails(studies: dict[str, Study]):
-    """Mass of the fitted model outside the real distribution's 95 %/99 % contours, relative to the truth's."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import band, finish, palette
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
-    cols = palette(3)
-    for ax, setting in zip(axes, DATA_SETTINGS):
-        df = studies[setting].metrics
-        G = int(studies[setting].bookkeeping.generation.max())
-        for (metric, nominal), col in zip((("tail95", 0.05), ("tail99", 0.01)), cols):
-            g, v = seed_matrix(df, metric)
-            band(ax, g, v / nominal, label=f"beyond the real {metric[-2:]} % contour", color=col,
-                 quantiles=(0.25, 0.75))
-        g, v = seed_matrix(df, "spread_overall")
-        band(ax, g, v / v[:1].mean(), label="overall spread / generation 0", color=cols[2], ls="--",
-             quantiles=(0.25, 0.75), alpha=0.12)
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log")
-        ax.set_ylim(1e-2, 1e1)
-        _generation_axis(ax, G)
-        finish(ax, "generation", "model's tail mass / real tail mass", SETTING_LABELS[setting], loc="lower left")
-    fig.tight_layout()
-    return fig
-
-
-def plot_expressivity(studies: dict[str, Study]):
-    """One Gaussian (K=1) vs two (K=2) fitted to the two-Gaussian data: distance to truth and to generation 0."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import band, finish, palette
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    cols = palette(2)
-    for st, col, lab in ((studies["expressivity"], cols[0], "one Gaussian (K = 1)"),
-                         (studies["two_gaussians"], cols[1], f"mixture (K = {studies['two_gaussians'].models[0].n_components})")):
-        g, v = _xy(st.metrics, "l2_truth")
-        band(axes[0], g, v, label=lab, color=col)
-        g, v = _xy(st.metrics, "l2_gen0")
-        band(axes[1], g[g >= 1], v[g >= 1], label=lab, color=col)
-    G = int(studies["expressivity"].bookkeeping.generation.max())
-    for ax in axes:
-        ax.set_yscale("log")
-        _generation_axis(ax, G)
-    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "to the real distribution", loc="lower right")
-    finish(axes[1], "generation", r"$\|f_0 - f_g\|_2^2$", "to the generation-0 fit (sampling error only)",
-           loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
-def plot_regimes(studies: dict[str, Study], regimes: Sequence[str]):
-    """replace vs keep_real vs accumulate on the same seeds: L2 to the truth and the overall spread."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import band, finish, palette
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    cols = palette(len(regimes))
-    for r, col in zip(regimes, cols):
-        df = studies[f"regime:{r}"].metrics
-        for ax, metric in zip(axes, ("l2_truth", "spread_min", "tail99")):
-            g, v = _xy(df, metric)
-            band(ax, g, v / (0.01 if metric == "tail99" else 1.0), label=str(r), color=col,
-                 quantiles=(0.25, 0.75) if metric == "tail99" else (0.05, 0.95))
-    axes[0].set_yscale("log")
-    axes[2].axhline(1.0, color="k", lw=0.8)
-    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "distance to the real distribution")
-    finish(axes[1], "generation", "spread of the smaller component", "per-component spread")
-    finish(axes[2], "generation", "tail mass beyond 99 % contour / 0.01", "tails")
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed and faithfulness against sklearn (used by the chapter and benchmarks/bench_gmm.py)
+# Speed and faithfulness against sklearn (used by the chapter, the tests and benchmarks/bench_gmm.py)
 # ---------------------------------------------------------------------------------------------
 def speed_comparison(n_seeds: int, sk_seeds: int, generations: int, n: int = 1000, threads: int = 1,
                      checkpoints: Sequence[int] = (), progress: bool = False) -> dict:
@@ -1412,18 +1042,6 @@ def speed_comparison(n_seeds: int, sk_seeds: int, generations: int, n: int = 100
     return out
 
 
-def speed_table(cmp: dict) -> pd.DataFrame:
-    rows = []
-    for k, label in (("batched", "batched EM (this book)"), ("sklearn", "sklearn, one seed at a time")):
-        r = cmp[k]
-        rows.append({"method": label, "seeds": r["seeds"], "seed-generations": r["seed_generations"],
-                     "wall s": round(r["wall"], 2), "seed-generations/s (wall)": round(r["per_s_wall"], 1),
-                     "seed-generations/s (cpu)": round(r["per_s_cpu"], 1),
-                     "ms per fit (wall)": round(1e3 / r["per_s_wall"], 2),
-                     "EM iterations per fit": round(r["em_iterations"], 1)})
-    return pd.DataFrame(rows)
-
-
 def distance_agreement(cmp: dict) -> pd.DataFrame:
     """Two-sample KS and Mann-Whitney tests of the L2 distance to generation 0, batched vs sklearn."""
     from scipy import stats
@@ -1460,54 +1078,3 @@ def sklearn_agreement(X: np.ndarray, n_components: int = 2, covariance_type: str
                      "max |covariance diff|": np.abs(ours.covariances[s] - ref.covariances_).max(),
                      "|log-likelihood diff|": abs(ours[s].score(X[s])[0] - ref.score(X[s]))})
     return pd.DataFrame(rows)
-
-
-def what_we_saw(studies: dict[str, Study], speed: dict | None, elapsed: float):
-    """The chapter's closing numbers as Markdown."""
-    from IPython.display import Markdown
-
-    def med(st, metric, g):
-        v = st.metrics[(st.metrics.metric == metric) & (st.metrics.generation == g)].value
-        return float(v.median())
-
-    lines = []
-    G = int(studies["blob"].bookkeeping.generation.max())
-    g_mid = [g for g in (200, 500) if g < G] or [G]
-    for setting in DATA_SETTINGS:
-        st = studies[setting]
-        tails = "; ".join(
-            f"at generation {g} {med(st, 'tail99', g) / 0.01:.2f} of the real 1 % beyond the 99 % contour "
-            f"and {med(st, 'tail95', g) / 0.05:.2f} of the real 5 % beyond the 95 % contour, with "
-            f"{med(st, 'spread_overall', g) / med(st, 'spread_overall', 0):.2f} of the initial overall spread"
-            for g in g_mid)
-        lines.append(
-            f"- **{SETTING_LABELS[setting]}** (medians over {st.real.shape[0]} seeds): component spreads "
-            f"{med(st, 'spread_min', 0):.2f} / {med(st, 'spread_max', 0):.2f} (smaller / larger) at generation 0, "
-            f"{med(st, 'spread_min', g_mid[0]):.2f} / {med(st, 'spread_max', g_mid[0]):.2f} at generation "
-            f"{g_mid[0]}, {med(st, 'spread_min', G):.3f} / {med(st, 'spread_max', G):.3f} at generation {G}. "
-            f"Squared L2 distance to generation 0: {med(st, 'l2_gen0', min(G, 50)):.1e} at generation "
-            f"{min(G, 50)}, {med(st, 'l2_gen0', G):.1e} at generation {G}. Tails: {tails}.")
-    lines.append(
-        f"- The official notebook's fits start at component spreads of about 0.9 on its blob; ours start at "
-        f"{med(studies['blob'], 'spread_min', 0):.2f} / {med(studies['blob'], 'spread_max', 0):.2f} and end, "
-        f"after {G} generations, at {med(studies['blob'], 'spread_min', G):.3f} / "
-        f"{med(studies['blob'], 'spread_max', G):.3f}.")
-    ex, two = studies["expressivity"], studies["two_gaussians"]
-    lines.append(
-        f"- **Functional expressivity**: one Gaussian fitted to the two-Gaussian data is "
-        f"{med(ex, 'l2_truth', 0):.3f} (squared L2) from the truth at the first fit, the two-component mixture "
-        f"{med(two, 'l2_truth', 0):.4f}; after {G} generations {med(ex, 'l2_truth', G):.3f} vs "
-        f"{med(two, 'l2_truth', G):.3f}.")
-    regs = [k for k in studies if k.startswith("regime:")]
-    if regs:
-        Gr = int(studies[regs[0]].bookkeeping.generation.max())
-        parts = ", ".join(f"`{k[7:]}` {med(studies[k], 'l2_truth', Gr):.1e}" for k in regs)
-        lines.append(f"- **Regimes** (generation {Gr}, median squared L2 distance to the truth): {parts}.")
-    if speed is not None:
-        lines.append(
-            f"- **Speed**: {speed['speedup_wall']:.0f}x more seed-generations per second than refitting "
-            f"sklearn one seed at a time ({speed['batched']['seeds']} seeds batched vs "
-            f"{speed['sklearn']['seeds']} sklearn seeds, {speed['generations']} generations, one thread, "
-            f"measured in this run; {1e3 / speed['sklearn']['per_s_wall']:.0f} ms per sklearn fit).")
-    lines.append(f"- This page took {elapsed / 60:.1f} minutes to compute.")
-    return Markdown("\n".join(lines))

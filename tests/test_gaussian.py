@@ -94,3 +94,17 @@ def test_experiment_rejects_bad_arguments():
         G.GaussianExperiment(sampler="magic")
     with pytest.raises(ValueError, match=">= 2"):
         G.gaussian_theory([1, 5], 1)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
+def test_variance_of_sigma2_matches_exact_second_moment(ddof):
+    """var_sigma2 (from E[X^2] of the chi-square factors) sets the Monte-Carlo horizon of chapter 01."""
+    m, g, S = 20, 15, 20000
+    _, s2 = simulate(m, ddof, "exact", S, g, seed=3)
+    th = G.gaussian_theory(np.full(g + 1, m), ddof)
+    c = s2 - s2.mean()
+    se = np.sqrt(((c**4).mean() - (c**2).mean() ** 2) / S)
+    assert abs(s2.var(ddof=1) - th["var_sigma2"][-1]) < 4 * se
+    rel = G.mean_rel_se(th, S)
+    assert rel[-1] == pytest.approx(np.sqrt(th["var_sigma2"][-1] / S) / th["E_sigma2"][-1])
+    assert (np.diff(rel) > 0).all()  # the mean over seeds gets harder to estimate every generation

@@ -11,6 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
 from collapse_utils import gmm
+from collapse_utils.chapters import gaussian_mixtures as ch
 from collapse_utils.config import ParamError, load_preset
 from collapse_utils.engine import run_recursion
 
@@ -289,7 +290,7 @@ def test_validate_params_accepts_the_presets():
     for preset in ("smoke", "cpu", "paper"):
         p = load_preset(preset, "02")
         p.update(preset=preset, run_name="")
-        gmm.validate_params(p)
+        ch.validate_params(p)
 
 
 @pytest.mark.parametrize("over,needle", [
@@ -304,12 +305,12 @@ def test_validate_params_accepts_the_presets():
 ])
 def test_validate_params_rejects_bad_values(over, needle):
     with pytest.raises(ParamError, match=needle):
-        gmm.validate_params(_params(**over))
+        ch.validate_params(_params(**over))
 
 
 def test_validate_params_reports_every_problem_at_once():
     with pytest.raises(ParamError) as e:
-        gmm.validate_params(_params(n_components=0, covariance_type="banana", seeds=1))
+        ch.validate_params(_params(n_components=0, covariance_type="banana", seeds=1))
     msg = str(e.value)
     assert "n_components" in msg and "covariance_type" in msg and "seeds" in msg
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from collapse_utils import lm, lm_data, lm_train
+from collapse_utils.chapters import language_models as ch
 from collapse_utils.config import ParamError, load_preset
 from collapse_utils.data import DataError
 from collapse_utils.engine import run_recursion
@@ -148,7 +149,7 @@ def test_offline_by_name_path_loads_a_saved_opt(tiny, tmp_path):
     tok = lm_data.load_tokenizer(data.tokenizer_path)
     lm_train.new_local_model(lm_train.tiny_opt_config(len(tok), 16, 1, 2), 7, folder, tok)
     p = {**TINY, "model_name": str(folder)}
-    lm.validate_params(p)
+    ch.validate_params(p)
     d2 = lm.prepare_data(p, cache=tmp_path / "tokcache")  # tokenised with AutoTokenizer.from_pretrained(folder)
     assert d2.tokenizer_path == str(folder) and d2.train.shape[1] == 64 and len(d2.base) == 0
     base = lm.prepare_base(p, d2, tmp_path / "unused")
@@ -216,8 +217,8 @@ def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
     exactly (metrics, per-sequence perplexities, continuations) -- each computes with threads_per_run."""
     data, base, _ = tiny
     p = {**TINY, "seeds": 2, "generations": 1, "parallel_runs": 1}
-    one = lm.run_setting(p, data, base, "b", tmp_path / "one", progress=False)
-    two = lm.run_setting({**p, "parallel_runs": 2}, data, base, "b", tmp_path / "two", progress=False)
+    one = ch.run_setting(p, data, base, "b", tmp_path / "one", progress=False)
+    two = ch.run_setting({**p, "parallel_runs": 2}, data, base, "b", tmp_path / "two", progress=False)
     assert sorted(one.metrics.seed.unique()) == [0, 1]
     cols = ["seed", "generation", "metric"]
     a, b = (r.metrics.sort_values(cols).reset_index(drop=True) for r in (one, two))
@@ -233,15 +234,15 @@ def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
 def test_bad_parameters_give_one_error_listing_all():
     bad = {**TINY, "seeds": 0, "data_config": "wikitext-103", "keep_fraction": 1.5, "num_heads": 3}
     with pytest.raises(ParamError) as e:
-        lm.validate_params(bad)
+        ch.validate_params(bad)
     msg = str(e.value)
     assert "seeds" in msg and "data_config" in msg and "keep_fraction" in msg
     with pytest.raises(ParamError, match="divisible"):
-        lm.validate_params({**TINY, "num_heads": 3})
+        ch.validate_params({**TINY, "num_heads": 3})
     with pytest.raises(ParamError, match="ablation_seeds"):
-        lm.validate_params({**TINY, "ablation_seeds": 5})
+        ch.validate_params({**TINY, "ablation_seeds": 5})
     with pytest.raises(ParamError, match="wikitext-2-v1"):
-        lm.validate_params({**TINY, "data_config": "wikitext-2-raw-v1"})
+        ch.validate_params({**TINY, "data_config": "wikitext-2-raw-v1"})
 
 
 def test_paper_preset_is_the_paper():
@@ -250,7 +251,7 @@ def test_paper_preset_is_the_paper():
     assert (p["lr"], p["batch_size"], p["num_beams"], p["block_size"]) == (2e-5, 128, 5, 64)
     assert (p["epochs_a"], p["epochs_b"], p["keep_fraction"], p["repetition_penalty"]) == (5, 10, 0.1, 3.0)
     assert (p["seeds"], p["generations"], p["train_blocks"]) == (5, 9, 0)
-    assert lm.setting_spec(p, "b")["regime"] == "keep_real(0.1)"
+    assert ch.setting_spec(p, "b")["regime"] == "keep_real(0.1)"
 
 
 # ---------------------------------------------------------------------------------------------

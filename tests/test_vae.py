@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from collapse_utils import vae
+from collapse_utils.chapters import vae_mnist as ch
 from collapse_utils.config import ParamError, load_preset
 from collapse_utils.data import DataError, find_dataset
 from collapse_utils.engine import run_recursion
@@ -92,12 +93,12 @@ def test_fresh_sampler_decodes_new_images_every_batch():
 
 
 def test_condition_parsing():
-    assert vae.parse_condition("replace/fresh") == vae.Condition("replace", "fresh")
-    assert vae.parse_condition(" keep_real(0.1) / fixed ").regime == "keep_real(0.1)"
+    assert ch.parse_condition("replace/fresh") == ch.Condition("replace", "fresh")
+    assert ch.parse_condition(" keep_real(0.1) / fixed ").regime == "keep_real(0.1)"
     for bad, word in [("accumulate/fresh", "only under 'replace'"), ("replace", "looks like"),
                       ("replace/lazy", "fresh' or 'fixed"), ("sometimes/fixed", "unknown regime")]:
         with pytest.raises(ValueError, match=word):
-            vae.parse_condition(bad)
+            ch.parse_condition(bad)
 
 
 @pytest.mark.parametrize("regime,synthetic", [("replace", "fresh"), ("replace", "fixed"),
@@ -152,7 +153,7 @@ def test_same_steps_every_generation_under_accumulate(mnist_ok):
     mp = pytest.MonkeyPatch()
     mp.setattr(vae, "train_vae", spy)
     try:
-        study = vae.run_study(params, vae.load_data(params), None, progress=False)
+        study = ch.run_study(params, ch.load_data(params), None, progress=False)
     finally:
         mp.undo()
     assert calls == [(128, 4), (256, 4), (384, 4)]
@@ -163,10 +164,10 @@ def test_same_steps_every_generation_under_accumulate(mnist_ok):
 def test_run_study_is_deterministic_and_shares_generation_zero(mnist_ok, tmp_path):
     # two threads per run: the serial run and each worker compute with the same multi-threaded kernels
     params = tiny_params(conditions=["replace/fresh", "replace/fixed"], seeds=1, parallel_runs=1, threads_per_run=2)
-    data = vae.load_data(params)
-    a = vae.run_study(params, data, None, checkpoint_root=None, progress=False)
+    data = ch.load_data(params)
+    a = ch.run_study(params, data, None, checkpoint_root=None, progress=False)
     # two runs in two worker processes (two threads each) give exactly the same numbers
-    b = vae.run_study({**params, "parallel_runs": 2}, data, None, checkpoint_root=tmp_path / "ck",
+    b = ch.run_study({**params, "parallel_runs": 2}, data, None, checkpoint_root=tmp_path / "ck",
                       progress=False)
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
     w = a.wide().set_index(["condition", "generation"])
@@ -176,7 +177,7 @@ def test_run_study_is_deterministic_and_shares_generation_zero(mnist_ok, tmp_pat
     for art_a, art_b in zip(a.artifacts.values(), b.artifacts.values()):
         assert all(np.array_equal(art_a[g]["latents"], art_b[g]["latents"]) for g in art_a)
     # a third run finds every checkpoint and the generation-0 cache and recomputes nothing
-    c = vae.run_study(params, data, None, checkpoint_root=tmp_path / "ck", progress=False)
+    c = ch.run_study(params, data, None, checkpoint_root=tmp_path / "ck", progress=False)
     pd.testing.assert_frame_equal(a.metrics, c.metrics)
     assert len(list((tmp_path / "ck" / "gen0").glob("*.pt"))) == 1
 
@@ -207,7 +208,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
 
 
 def test_training_lowers_the_loss(mnist_ok):
-    x = vae.load_data(tiny_params(n_train=384))["train_x"]
+    x = ch.load_data(tiny_params(n_train=384))["train_x"]
     cfg = vae.TrainConfig(epochs=3, batch_size=64)
     _, hist = vae.train_vae(x, cfg, seed=0)
     assert len(hist) == 3 and hist[-1] < 0.8 * hist[0]  # nats per image, from about 540 at initialisation
@@ -222,7 +223,7 @@ def test_presets_match_and_validate():
     for name in ("smoke", "cpu", "paper"):
         p = load_preset(name, "03")
         assert set(p) == keys
-        vae.validate_params({**p, "preset": name, "run_name": ""})
+        ch.validate_params({**p, "preset": name, "run_name": ""})
     from collapse_utils.config import get_chapter
     from collapse_utils.runner import _read_md, notebook_defaults
 
@@ -242,9 +243,9 @@ def test_another_thread_count_differs_by_less_than_another_seed(mnist_ok):
     2-core CI machine: 0.06-0.08 %, so the bound has a wide margin yet fails for a real bug such as
     threads changing the data order or the seeding.)"""
     params = tiny_params(conditions=["replace/fixed"], seeds=2, generations=1)
-    data = vae.load_data(params)
-    one = vae.run_study({**params, "threads_per_run": 1}, data, None, progress=False).wide()
-    two = vae.run_study({**params, "threads_per_run": 2}, data, None, progress=False).wide()
+    data = ch.load_data(params)
+    one = ch.run_study({**params, "threads_per_run": 1}, data, None, progress=False).wide()
+    two = ch.run_study({**params, "threads_per_run": 2}, data, None, progress=False).wide()
     metrics = ["test_neg_elbo", "latent_spread", "latent_std_mean", "latent_mean_norm"]
     metrics = [m for m in metrics if m in one.columns]
     assert len(metrics) >= 3, list(one.columns)
@@ -260,7 +261,7 @@ def test_bad_parameters_give_one_error_listing_all():
     p = tiny_params(seeds=0, conditions=["accumulate/fresh", "replace/fixed", "replace/fixed"], n_train=10,
                     device="tpu", parallel_runs=0, threads_per_run=2)
     with pytest.raises(ParamError) as err:
-        vae.validate_params(p)
+        ch.validate_params(p)
     msg = str(err.value)
     for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device", "parallel_runs"):
         assert word in msg
@@ -274,7 +275,7 @@ def test_classifier_accuracy_above_97_percent(mnist_ok):
     from collapse_utils.mnist import mnist_tensor
 
     params = load_preset("cpu", "03")
-    model, stored_acc = vae.load_classifier(params, progress=False)
+    model, stored_acc = ch.load_classifier(params, progress=False)
     xt, yt = mnist_tensor("test")
     acc = C.evaluate_accuracy(model, xt, yt)
     assert acc > 0.97

@@ -1,4 +1,709 @@
-"""Study module of the chapter notebooks/03_vae_mnist.md (see :mod:`collapse_utils.chapters`)."""
+"""Study module of chapter 03 (notebooks/03_vae_mnist.md): a VAE on MNIST, trained on its own samples.
+
+The page's side of the chapter contract (:mod:`collapse_utils.chapters`): parameters, the run plan
+(conditions x seeds through the recursion engine), tables, figures and the paper's claims tested by
+the run.  The model, its training and the engine experiment are :mod:`collapse_utils.vae`.
+"""
 from __future__ import annotations
 
-from ..vae import check_inputs, validate_params  # noqa: F401  (moved here by the chapter-contract refactor)
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import vae
+from ..claims import Claim, finite, judge
+
+__all__ = [
+    "MIN_GEN0_ENTROPY", "MIN_SHARE", "Condition", "Study", "bookkeeping_table", "can_tell", "check_inputs",
+    "claims", "class_fractions", "faded_digits", "fading_digits", "gen0_entropy", "glue_page_numbers",
+    "load_classifier", "load_data", "page_numbers", "parse_condition", "plot_class_distribution",
+    "plot_class_entropy", "plot_latent_kde", "plot_latent_norm_kde", "plot_latent_spread", "plot_real_digits",
+    "plot_sample_grids", "plot_test_elbo", "run_study", "save_artifacts", "seed_matrix", "setup_torch",
+    "spread_table", "steps_per_generation", "summary", "train_config", "validate_params",
+]
+
+MIN_GEN0_ENTROPY = 2.0  # bits: generation 0 must make several digits before any claim can be judged
+MIN_SHARE = 0.05        # a digit "present" at generation 0 makes at least this share of its samples
+
+# ---------------------------------------------------------------------------------------------
+# Conditions (regime x synthetic-data mode) and the study over seeds
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Condition:
+    regime: str
+    synthetic: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.regime} / {self.synthetic}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "_", f"{self.regime}-{self.synthetic}").strip("_")
+
+
+def parse_condition(spec: str) -> Condition:
+    """``"replace/fresh"``, ``"replace/fixed"``, ``"keep_real(0.1)/fixed"``, ``"accumulate/fixed"``..."""
+    from ..regimes import parse_regime
+
+    if not isinstance(spec, str) or spec.count("/") != 1:
+        raise ValueError(f"a condition looks like '<regime>/<fresh|fixed>', e.g. 'replace/fresh', got {spec!r}")
+    reg, mode = (s.strip() for s in spec.split("/"))
+    regime = parse_regime(reg)
+    if mode not in ("fresh", "fixed"):
+        raise ValueError(f"condition {spec!r}: the synthetic-data mode must be 'fresh' or 'fixed', got {mode!r}")
+    if mode == "fresh" and regime.name != "replace":
+        raise ValueError(f"condition {spec!r}: fresh samples (a new decoder batch every step) exist only under "
+                         f"'replace'; mixing with real or earlier data needs a materialised set, use "
+                         f"'{regime}/fixed'")
+    return Condition(str(regime), mode)
+
+
+@dataclass
+class Study:
+    """All runs of the chapter: tidy metrics, bookkeeping and per-generation artifacts."""
+
+    metrics: pd.DataFrame
+    bookkeeping: pd.DataFrame
+    artifacts: dict[tuple[str, int], dict[int, dict]] = field(default_factory=dict)
+    conditions: list[Condition] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    steps: int = 0  # gradient steps of every generation's fit
+
+    def wide(self) -> pd.DataFrame:
+        idx = ["condition", "regime", "synthetic", "seed", "generation"]
+        return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
+
+
+def setup_torch(threads: int = 1) -> None:
+    """Set torch's CPU threads for computing in this process (the notebook's own cells).
+
+    Everything the chapter computes -- the classifier, every run -- goes through
+    :func:`collapse_utils.parallel.run_threads` with ``threads_per_run`` threads instead, so the
+    numbers never depend on this setting or on ``parallel_runs``."""
+    torch.set_num_threads(int(threads))
+
+
+def train_config(params: dict) -> vae.TrainConfig:
+    return vae.TrainConfig(latent_dims=params.get("latent_dims", 20), capacity=params.get("capacity", 64),
+                           epochs=params["epochs"], batch_size=params["batch_size"], lr=params.get("lr", 1e-3),
+                           weight_decay=params.get("weight_decay", 1e-5),
+                           device=vae.resolve_device(params["device"]))
+
+
+def steps_per_generation(params: dict) -> int:
+    """Gradient steps of every generation's fit: ``epochs * ceil(n_train / batch_size)``, in every
+    condition (under accumulate they range over the growing pool)."""
+    return int(params["epochs"]) * math.ceil(int(params["n_train"]) / int(params["batch_size"]))
+
+
+def load_data(params: dict, path=None, download: bool = True) -> dict:
+    """The real training subset (``n_train`` images, seeded) and ``n_test_eval`` real test images.
+
+    Files are looked up as in :mod:`collapse_utils.data`; missing ones are downloaded from a mirror
+    and verified where a network exists (e.g. on Colab), otherwise a DataError says how to provide them.
+    """
+    from ..mnist import mnist_tensor
+
+    x, y = mnist_tensor("train", params["n_train"], seed=params["data_seed"], path=path, download=download)
+    xt, yt = mnist_tensor("test", params["n_test_eval"], seed=params["data_seed"], path=path, download=download)
+    return {"train_x": x, "train_y": y, "test_x": xt, "test_y": yt}
+
+
+def load_classifier(params: dict, progress: bool = True):
+    """The MNIST classifier of the chapter (trained once on real data, then cached) and its test accuracy."""
+    from ..classifier import ClassifierConfig, load_or_train
+    from ..parallel import run_threads
+
+    cfg = ClassifierConfig(epochs=params["classifier_epochs"], n_train=params["classifier_n_train"])
+    with run_threads(params["threads_per_run"]):
+        return load_or_train(cfg, progress=progress, download=True)
+
+
+def _run_key(params: dict, cfg: vae.TrainConfig) -> str:
+    """A hash of everything a condition's checkpoints depend on: a changed setting or changed code
+    starts afresh in a new folder instead of resuming a run it does not belong to."""
+    keys = ["n_train", "data_seed", "n_eval", "n_test_eval", "generations", "classifier_epochs",
+            "classifier_n_train"]
+    blob = json.dumps([cfg.key(), vae.code_key(), *[params.get(k) for k in keys]], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _run_one(job: dict) -> tuple:
+    """One condition x seed through the engine (runs in this process or in a worker process)."""
+    from ..engine import run_recursion
+
+    cfg, cond, seed, root = job["cfg"], job["condition"], job["seed"], job["root"]
+    clf = job["classifier"]
+    if isinstance(clf, dict):  # a state dict sent to a worker process
+        from ..classifier import MnistCNN
+
+        model = MnistCNN()
+        model.load_state_dict(clf)
+        clf = model.eval()
+    ex = vae.VAEExperiment(cfg, cond.synthetic, clf, job["test_x"], n_eval=job["n_eval"],
+                           gen0_cache=root / "gen0" if root else None, steps=job["steps"],
+                           name=f"vae_{cond.synthetic}")
+    res = run_recursion(
+        ex, job["train_x"], job["generations"], regime=cond.regime, seed=seed,
+        checkpoint_dir=root / f"{cond.slug}-{job['run_key']}" / f"seed{seed}" if root else None,
+        progress=job["progress"], columns=job["columns"])
+    return res.metrics, res.bookkeeping.assign(seed=seed), ex.artifacts
+
+
+def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
+              checkpoint_root: str | Path | None = None, progress: bool = True) -> Study:
+    """Every condition x seed through :func:`~collapse_utils.engine.run_recursion`, same seeds everywhere.
+
+    Checkpoints go to ``checkpoint_root/<condition>-<settings hash>/seed<k>/`` so an interrupted
+    run resumes; generation 0 (identical in every condition) is fitted once per seed and cached.
+    With ``parallel_runs > 1`` (CPU only) that many runs train at once in worker processes; serial or
+    parallel, every run computes with ``threads_per_run`` torch threads, so the numbers are identical
+    either way (:mod:`collapse_utils.parallel`).  On an idle two-core machine two single-threaded
+    runs train as many images per second as one two-threaded run (``benchmarks/bench_vae.py
+    --parallel``); on a machine shared with other jobs they are several times faster, because an
+    OpenMP thread that waits for a descheduled partner stalls the whole step.
+    """
+    from ..parallel import run_jobs
+
+    cfg = train_config(params)
+    conditions = [parse_condition(c) for c in params["conditions"]]
+    seeds = [params["seed"] + k for k in range(params["seeds"])]
+    # the same number of gradient steps in every generation and condition (accumulate's pool grows)
+    steps = steps_per_generation({**params, "n_train": len(data["train_x"])})
+    root = Path(checkpoint_root) if checkpoint_root else None
+    workers = max(1, min(int(params.get("parallel_runs", 1)), len(conditions) * len(seeds)))
+    if cfg.device != "cpu":
+        workers = 1
+    base = {"cfg": cfg, "root": root, "run_key": _run_key(params, cfg), "steps": steps,
+            "generations": params["generations"], "n_eval": params["n_eval"],
+            "train_x": data["train_x"], "test_x": data["test_x"], "classifier": classifier,
+            "progress": progress and workers == 1}
+    # condition-major order: the first condition's runs fit (and cache) every seed's generation 0
+    # extra tidy columns (not "n_train": the engine's bookkeeping uses that name per generation)
+    jobs = [dict(base, condition=c, seed=s, columns={"condition": c.label, "synthetic": c.synthetic,
+                                                     "real_subset": params["n_train"], "epochs": params["epochs"]})
+            for c in conditions for s in seeds]
+    if workers > 1 and classifier is not None:  # a state dict pickles cheaply to the workers
+        clf_state = {k: v.cpu() for k, v in classifier.state_dict().items()}
+        for job in jobs:
+            job["classifier"] = clf_state
+    results = run_jobs(_run_one, jobs, workers, threads_per_run=params["threads_per_run"], progress=progress,
+                       desc="conditions x seeds", label=lambda j: f"{j['condition'].label}, seed {j['seed']}")
+    metrics = pd.concat([r[0] for r in results], ignore_index=True)
+    book = pd.concat([r[1] for r in results], ignore_index=True)
+    artifacts = {(j["condition"].label, j["seed"]): r[2] for j, r in zip(jobs, results)}
+    return Study(metrics, book, artifacts, conditions, seeds, steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+def check_inputs(params: dict) -> None:
+    """Before any compute: the MNIST files are present (downloaded where a network exists) and verified."""
+    from ..data import find_dataset
+
+    find_dataset("mnist", download=True)
+
+
+def validate_params(params: dict) -> None:
+    from ..config import Checker
+
+    c = Checker(params, "03")
+    c.int("seed", 0).int("seeds", 1, 100).int("generations", 1, 1000)
+    c.int("n_train", 256, 60_000).int("epochs", 1, 1000).int("batch_size", 1, 60_000)
+    c.int("n_eval", 100, 100_000).int("n_test_eval", 100, 10_000).int("data_seed", 0)
+    c.int("classifier_epochs", 1, 100).int("classifier_n_train", 1000, 60_000)
+    c.int("threads_per_run", 1, 256).int("parallel_runs", 1, 256)
+    c.choice("device", ["auto", "cpu", "cuda"])
+    conds = params.get("conditions")
+    if not isinstance(conds, (list, tuple)) or not conds:
+        c.check(False, f"conditions must be a non-empty list such as ['replace/fresh', 'replace/fixed'], "
+                       f"got {conds!r}")
+    else:
+        for spec in conds:
+            try:
+                parse_condition(spec)
+            except (ValueError, TypeError) as e:
+                c.check(False, f"conditions: {e}")
+        c.check(len(set(conds)) == len(conds), f"conditions must not repeat, got {conds!r}")
+    if params.get("device") == "cuda":
+        c.check(torch.cuda.is_available(), "device='cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    c.done()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables and summaries
+# ---------------------------------------------------------------------------------------------
+def seed_matrix(metrics: pd.DataFrame, metric: str, condition: str) -> tuple[np.ndarray, np.ndarray]:
+    """(generations, values[len(generations), n_seeds]) of one metric under one condition."""
+    from ..results import seed_matrix as _seed_matrix
+
+    return _seed_matrix(metrics, metric, condition=condition)
+
+
+def spread_table(study: Study, metric: str = "latent_spread") -> pd.DataFrame:
+    """Median over seeds (and min-max) of a metric per condition and generation, with the ratio to gen 0."""
+    rows = []
+    for cond in study.conditions:
+        gens, vals = seed_matrix(study.metrics, metric, cond.label)
+        for g, v in zip(gens, vals):
+            rows.append({"condition": cond.label, "generation": int(g), "median": float(np.median(v)),
+                         "min": float(np.min(v)), "max": float(np.max(v)),
+                         "ratio_to_gen0": float(np.median(v / vals[0]))})
+    return pd.DataFrame(rows)
+
+
+def bookkeeping_table(study: Study, seed: int | None = None) -> pd.DataFrame:
+    """Training images per generation (rows) and condition (columns) for one seed."""
+    seed = study.seeds[0] if seed is None else seed
+    book = study.bookkeeping[study.bookkeeping.seed == seed]
+    tab = book.pivot_table(index="generation", columns="condition", values="n_train", aggfunc="first")
+    tab = tab[[c.label for c in study.conditions]]
+    tab.columns.name = "training images per generation"
+    return tab
+
+
+def class_fractions(study: Study, condition: str) -> pd.DataFrame:
+    """Mean fraction (over seeds) of generated images the classifier assigns to each digit, per generation."""
+    m = study.metrics
+    sub = m[(m.condition == condition) & m.metric.str.startswith("frac_")]
+    tab = sub.groupby(["generation", "metric"]).value.mean().unstack("metric")
+    tab.columns = [int(c.split("_")[1]) for c in tab.columns]
+    return tab[sorted(tab.columns)]
+
+
+def fading_digits(study: Study, condition: str, min_share: float = MIN_SHARE) -> pd.DataFrame:
+    """Per digit (mean shares over seeds): share at generation 0 and at the last generation, their ratio,
+    the first generation at which the share fell below half of its generation-0 value (NaN if it never
+    did), and ``faded``: present at generation 0 (share >= ``min_share``) and below half of that share
+    at the last generation.
+
+    Rows: digits present at generation 0 first, most faded (smallest ratio) first; then the digits
+    generation 0 hardly makes, which cannot fade (their ratio is NaN when generation 0 makes none).
+    """
+    tab = class_fractions(study, condition)
+    g0, last = tab.iloc[0], tab.iloc[-1]
+    halved = {}
+    for d in tab.columns:
+        below = tab.index[(tab[d] < 0.5 * g0[d]) & (tab.index > tab.index[0])]
+        halved[d] = float(below[0]) if len(below) else np.nan
+    present = (g0 >= min_share).values
+    ratio = (last / g0.replace(0, np.nan)).values
+    out = pd.DataFrame({"digit": tab.columns, "share_gen0": g0.values, "share_last": last.values,
+                        "ratio": ratio, "halved_at_generation": [halved[d] for d in tab.columns],
+                        "present_gen0": present, "faded": present & (last.values < 0.5 * g0.values)})
+    out["_absent"] = ~present
+    out = out.sort_values(["_absent", "ratio", "halved_at_generation", "digit"], na_position="last")
+    return out.drop(columns="_absent").reset_index(drop=True)
+
+
+def faded_digits(study: Study, condition: str) -> list[int]:
+    """The digits of :func:`fading_digits` that faded (most faded first)."""
+    fd = fading_digits(study, condition)
+    return [int(d) for d in fd.digit[fd.faded]]
+
+
+def summary(study: Study) -> pd.DataFrame:
+    """One row per condition: generation-0 and last-generation medians of the key metrics."""
+    rows = []
+    have = set(study.metrics.metric)
+    for cond in study.conditions:
+        row = {"condition": cond.label}
+        for metric, short in (("latent_spread", "spread"), ("latent_mean_norm", "centre"),
+                              ("class_entropy", "entropy_bits"), ("test_neg_elbo", "test_nelbo")):
+            if metric not in have:
+                continue
+            gens, vals = seed_matrix(study.metrics, metric, cond.label)
+            row[f"{short}_gen0"] = float(np.median(vals[0]))
+            row[f"{short}_gen{int(gens[-1])}"] = float(np.median(vals[-1]))
+        if any(m.startswith("frac_") for m in have):
+            row["faded_digits"] = ", ".join(map(str, faded_digits(study, cond.label))) or "none"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_artifacts(study: Study, folder: str | Path) -> Path:
+    """Latent means, sample grids and classifier labels of every run as one compressed .npz."""
+    arrays = {}
+    for (cond, seed), per_gen in study.artifacts.items():
+        slug = re.sub(r"[^A-Za-z0-9.]+", "_", cond).strip("_")
+        for g, art in per_gen.items():
+            for k in ("latents", "grid", "labels", "real_latents"):
+                if k in art:
+                    arrays[f"{slug}/seed{seed}/gen{g}/{k}"] = art[k]
+    path = Path(folder) / "artifacts.npz"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    from ..storage import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (each returns a matplotlib Figure; the book's style comes from collapse_utils.plotting)
+# ---------------------------------------------------------------------------------------------
+def _int_ticks(*axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _mosaic(grid: np.ndarray, cols: int = 4) -> np.ndarray:
+    n = (len(grid) // cols) * cols
+    g = grid[:n].reshape(n // cols, cols, 28, 28)
+    g = np.pad(g, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=255)
+    return g.transpose(0, 2, 1, 3).reshape((n // cols) * 30, cols * 30)
+
+
+def plot_real_digits(x: torch.Tensor, n: int = 16):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.4, 2.4))
+    ax.imshow(_mosaic(vae.to_uint8(x[:n])), cmap="gray_r", vmin=0, vmax=255)
+    ax.set_axis_off()
+    ax.set_title("real MNIST")
+    return fig
+
+
+def plot_sample_grids(study: Study, seed: int | None = None):
+    """Rows: conditions; columns: generations; each cell 16 digits decoded from N(0, I)."""
+    import matplotlib.pyplot as plt
+
+    seed = study.seeds[0] if seed is None else seed
+    conds = study.conditions
+    gens = sorted(study.artifacts[(conds[0].label, seed)])
+    fig, axes = plt.subplots(len(conds), len(gens), figsize=(1.55 * len(gens) + 0.8, 1.6 * len(conds) + 0.4),
+                             squeeze=False)
+    for i, cond in enumerate(conds):
+        arts = study.artifacts[(cond.label, seed)]
+        for j, g in enumerate(gens):
+            ax = axes[i, j]
+            ax.imshow(_mosaic(arts[g]["grid"]), cmap="gray_r", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if i == 0:
+                ax.set_title(f"generation {g}")
+            if j == 0:
+                ax.set_ylabel(cond.label.replace(" / ", "\n"), fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_spread(study: Study):
+    """Spread (sqrt trace Cov) and centre (norm of the mean) of the latent means.
+
+    Lines: medians over seeds; bands: min-max over seeds (with few seeds a range, not an uncertainty)."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import band, finish, palette
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    cols = palette(len(study.conditions))
+    real = [art[0]["real_latents"] for art in study.artifacts.values() if "real_latents" in art.get(0, {})]
+    for cond, col in zip(study.conditions, cols):
+        for ax, metric in zip(axes, ("latent_spread", "latent_mean_norm")):
+            gens, vals = seed_matrix(study.metrics, metric, cond.label)
+            band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3, quantiles=(0, 1))
+    if real:
+        stats = [vae.latent_stats(r) for r in real]
+        axes[0].axhline(np.median([s["latent_spread"] for s in stats]), color="k", ls="--", lw=1,
+                        label="real test images")
+        axes[1].axhline(np.median([s["latent_mean_norm"] for s in stats]), color="k", ls="--", lw=1)
+    finish(axes[0], "generation", r"spread $\sqrt{\mathrm{tr}\,\mathrm{Cov}(\mu)}$",
+           "spread of latent means (generation-0 encoder)")
+    finish(axes[1], "generation", r"centre $\|\mathrm{mean}(\mu)\|$", "centre of latent means", legend=False)
+    axes[0].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0)
+    _int_ticks(*axes)
+    fig.tight_layout()
+    return fig
+
+
+def _top_dim(latents: np.ndarray) -> int:
+    return int(np.argmax(latents.var(axis=0)))
+
+
+def plot_latent_kde(study: Study, seed: int | None = None):
+    """KDE per generation of the most-used latent coordinate (largest variance on real test images)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    seed = study.seeds[0] if seed is None else seed
+    conds = study.conditions
+    ncol = min(2, len(conds))
+    nrow = math.ceil(len(conds) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.8 * ncol, 3.6 * nrow), squeeze=False, sharex=True)
+    for ax, cond in zip(axes.flat, conds):
+        arts = study.artifacts[(cond.label, seed)]
+        gens = sorted(arts)
+        real = arts[gens[0]].get("real_latents")
+        d = _top_dim(real if real is not None else arts[gens[0]]["latents"])
+        cols = sns.color_palette("viridis", len(gens))
+        for g, col in zip(gens, cols):
+            sns.kdeplot(x=arts[g]["latents"][:, d], ax=ax, color=col, label=f"gen {g}", lw=1.5)
+        if real is not None:
+            sns.kdeplot(x=real[:, d], ax=ax, color="k", ls="--", lw=1, label="real test")
+        ax.set_xlabel(rf"latent mean $\mu_{{{d}}}$ (generation-0 encoder)")
+        ax.set_ylabel("density")
+        ax.set_title(cond.label)
+    for ax in axes.flat[len(conds):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(ncol=2, fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_latent_norm_kde(study: Study, seed: int | None = None):
+    """KDE per generation of the distance of each latent mean from the real test images' centre."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    seed = study.seeds[0] if seed is None else seed
+    conds = study.conditions
+    fig, axes = plt.subplots(1, len(conds), figsize=(3.4 * len(conds), 3.4), squeeze=False, sharey=True)
+    for ax, cond in zip(axes.flat, conds):
+        arts = study.artifacts[(cond.label, seed)]
+        gens = sorted(arts)
+        real = arts[gens[0]].get("real_latents")
+        centre = real.mean(0) if real is not None else arts[gens[0]]["latents"].mean(0)
+        cols = sns.color_palette("viridis", len(gens))
+        for g, col in zip(gens, cols):
+            sns.kdeplot(x=np.linalg.norm(arts[g]["latents"] - centre, axis=1), ax=ax, color=col,
+                        label=f"gen {g}", lw=1.5, cut=0)
+        if real is not None:
+            sns.kdeplot(x=np.linalg.norm(real - centre, axis=1), ax=ax, color="k", ls="--", lw=1,
+                        label="real test", cut=0)
+        ax.set_xlabel(r"$\|\mu - \bar\mu_{\mathrm{real}}\|$")
+        ax.set_ylabel("density")
+        ax.set_title(cond.label, fontsize="small")
+    axes.flat[0].legend(fontsize="x-small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_distribution(study: Study):
+    """Heatmaps: share of generated digits per class (rows) and generation (columns), mean over seeds."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    conds = study.conditions
+    fig, axes = plt.subplots(1, len(conds), figsize=(2.6 * len(conds) + 1.2, 4.0), squeeze=False, sharey=True)
+    tabs = [class_fractions(study, cond.label).T * 100 for cond in conds]
+    vmax = max(20.0, max(float(t.values.max()) for t in tabs))  # one colour scale for all panels
+    for k, (ax, cond, tab) in enumerate(zip(axes.flat, conds, tabs)):
+        sns.heatmap(tab, ax=ax, cmap="mako_r", vmin=0, vmax=vmax, annot=tab.shape[1] <= 8, fmt=".0f",
+                    annot_kws={"fontsize": 6}, cbar=k == len(conds) - 1,
+                    cbar_kws={"label": "% of generated images"})
+        ax.set_xlabel("generation")
+        ax.set_ylabel("digit (classifier label)" if k == 0 else "")
+        ax.set_title(cond.label, fontsize="small")
+        ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_entropy(study: Study):
+    """Entropy of the class distribution (bits) and the classifier's mean confidence; median and min-max
+    over seeds."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import band, finish, palette
+
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.0))
+    for cond, col in zip(study.conditions, palette(len(study.conditions))):
+        for ax, metric in zip(axes, ("class_entropy", "classifier_confidence")):
+            gens, vals = seed_matrix(study.metrics, metric, cond.label)
+            band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3, quantiles=(0, 1))
+    axes[0].axhline(np.log2(10), color="k", ls="--", lw=1, label="ten equal classes")
+    finish(axes[0], "generation", "entropy of predicted classes (bits)", "how many digits are still made")
+    finish(axes[1], "generation", "mean max. class probability", "how digit-like the samples look",
+           legend=False)
+    _int_ticks(*axes)
+    fig.tight_layout()
+    return fig
+
+
+def plot_test_elbo(study: Study):
+    """Negative ELBO per real test image under each generation's VAE (nats); median and min-max over seeds."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import band, finish, palette
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    for cond, col in zip(study.conditions, palette(len(study.conditions))):
+        gens, vals = seed_matrix(study.metrics, "test_neg_elbo", cond.label)
+        band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3, quantiles=(0, 1))
+    finish(ax, "generation", "negative ELBO of real test images (nats)",
+           "what each generation still knows about real digits")
+    _int_ticks(ax)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Claims of the paper tested by this run, and the numbers the page's prose glues
+# ---------------------------------------------------------------------------------------------
+def _matrix(study: Study, metric: str, condition: str | None) -> np.ndarray | None:
+    """values[len(generations), n_seeds] of a metric under a condition, or None if the run lacks it."""
+    if condition is None or metric not in set(study.metrics.metric):
+        return None
+    return seed_matrix(study.metrics, metric, condition)[1]
+
+
+def _condition(study: Study, regime: str, synthetic: str | None = None) -> str | None:
+    """The label of the first condition whose regime starts with ``regime`` (and has that mode)."""
+    for c in study.conditions:
+        if c.regime.startswith(regime) and synthetic in (None, c.synthetic):
+            return c.label
+    return None
+
+
+def _official(study: Study) -> str | None:
+    """The official notebook's condition (replace, fresh samples every batch), else the first replace one."""
+    return _condition(study, "replace", "fresh") or _condition(study, "replace")
+
+
+def _by_seeds(holds, visible: bool) -> str:
+    """Verdict from one boolean per seed: reproduced when every seed shows the claim, contradicted when
+    none does, not visible when the seeds disagree (or the run cannot tell at all)."""
+    holds = np.asarray(holds, dtype=bool)
+    visible = bool(visible) and holds.size > 0
+    return judge(holds.all(), visible and (holds.all() or not holds.any()))
+
+
+def _med(x) -> float:
+    return float(np.median(x)) if x is not None and len(x) else float("nan")
+
+
+def gen0_entropy(study: Study) -> float:
+    """Median over seeds of the class entropy (bits) of generation 0's samples (NaN without a classifier)."""
+    m = _matrix(study, "class_entropy", study.conditions[0].label if study.conditions else None)
+    return _med(m[0]) if m is not None else float("nan")
+
+
+def can_tell(study: Study, params: dict) -> bool:
+    """A run can test the paper's claims when it has two or more seeds and generations after generation 0,
+    and generation 0 itself makes digits: its samples, labelled by the classifier, spread over several
+    classes (entropy at least MIN_GEN0_ENTROPY bits; ten equal classes give log2 10)."""
+    ent = gen0_entropy(study)
+    return (len(study.seeds) >= 2 and int(params["generations"]) >= 2 and finite(ent)
+            and ent >= MIN_GEN0_ENTROPY)
+
+
+def _replace_trend(study: Study, params: dict, cid: str, metric: str, falls: bool, text: tuple[str, str, str],
+                   unit: str, fmt: str) -> Claim:
+    """A claim that ``metric`` falls (or rises) from generation 0 to the last generation under every
+    replace condition, judged seed by seed.  Extras: the official condition's medians and their ratio."""
+    statement, paper, evidence = text
+    parts, holds = [], []
+    for label in [c.label for c in study.conditions if c.regime == "replace"]:
+        m = _matrix(study, metric, label)
+        if m is None:
+            continue
+        h = m[-1] < m[0] if falls else m[-1] > m[0]
+        holds += list(h)
+        parts.append(f"{label}: {np.median(m[0]):{fmt}} → {np.median(m[-1]):{fmt}}{unit}, "
+                     f"{'lower' if falls else 'higher'} in {int(h.sum())} of {len(h)} seeds")
+    m = _matrix(study, metric, _official(study))
+    extra = {"gen0": _med(m[0]) if m is not None else float("nan"),
+             "last": _med(m[-1]) if m is not None else float("nan")}
+    extra["ratio"] = extra["last"] / extra["gen0"] if finite(*extra.values()) and extra["gen0"] else float("nan")
+    measured = (f"medians over seeds, generation 0 → {int(params['generations'])}: " + "; ".join(parts)
+                if parts else "not measured by this run")
+    return Claim(cid, statement, paper, measured, evidence, _by_seeds(holds, can_tell(study, params)),
+                 extra=extra)
+
+
+def _mitigation(study: Study, params: dict, cid: str, regime: str, statement: str, paper: str) -> Claim:
+    """Keeping real data limits the rise of the real-test negative ELBO: paired by seed (generation 0 is
+    the same model in every condition), the rise under ``regime`` is smaller than under replace/fixed.
+    Judged only where replace/fixed itself got worse in every seed (else there is nothing to limit)."""
+    label, base = _condition(study, regime, "fixed"), _condition(study, "replace", "fixed")
+    m, b = _matrix(study, "test_neg_elbo", label), _matrix(study, "test_neg_elbo", base)
+    nan = float("nan")
+    if m is None or b is None:
+        return Claim(cid, statement, paper, "not measured by this run", "fig-03-elbo", judge(False, False),
+                     extra={"rise": nan, "rise_replace": nan, "share": nan})
+    rise, rise_base = m[-1] - m[0], b[-1] - b[0]
+    holds = rise < rise_base
+    visible = can_tell(study, params) and bool((rise_base > 0).all())
+    extra = {"rise": _med(rise), "rise_replace": _med(rise_base)}
+    extra["share"] = extra["rise"] / extra["rise_replace"] if extra["rise_replace"] > 0 else nan
+    measured = (f"rise of the real-test negative ELBO, generation 0 → {int(params['generations'])}: "
+                f"{extra['rise']:+.1f} nats under {label} against {extra['rise_replace']:+.1f} under {base} "
+                f"(medians over seeds); smaller in {int(holds.sum())} of {len(holds)} seeds")
+    return Claim(cid, statement, paper, measured, "fig-03-elbo", _by_seeds(holds, visible), extra=extra)
+
+
+def claims(study: Study, params: dict) -> list[Claim]:
+    """The paper's statements about the VAE that this run tests.
+
+    Every verdict is judged seed by seed (generation 0 against the last generation; the mitigation
+    claims paired with replace/fixed): reproduced when every seed shows it, contradicted when none
+    does, not visible at this preset when the seeds disagree or the run is too small to tell (see
+    :func:`can_tell`).
+    """
+    out = [
+        _replace_trend(study, params, "spread-shrinks", "latent_spread", True, (
+            "Seen through the generation-0 encoder, the latent means of generated samples concentrate: "
+            "their spread shrinks over generations trained on generated data",
+            "spread shrinks", "fig-03-spread"), "", ".2f"),
+        _replace_trend(study, params, "diversity-falls", "class_entropy", True, (
+            "The generated digits lose diversity: the entropy of their classes falls over generations",
+            "less diverse samples", "fig-03-entropy"), " bits", ".2f"),
+        _replace_trend(study, params, "real-elbo-worse", "test_neg_elbo", False, (
+            "Models trained on generated data explain real data worse: the negative ELBO of real test "
+            "images rises over generations",
+            "rises", "fig-03-elbo"), " nats", ".1f"),
+        _mitigation(study, params, "accumulate-mitigates", "accumulate",
+                    "Accumulating all real and generated data limits the degradation",
+                    "stable under accumulate (Gerstgrasser et al. 2024)"),
+        _mitigation(study, params, "keep-real-mitigates", "keep_real",
+                    "Keeping a share of real data in every generation limits the degradation",
+                    "slight degradation with 10 % real data (the paper's LM setting b)"),
+    ]
+    official = _official(study)
+    has_fracs = bool(study.metrics.metric.str.startswith("frac_").any())
+    faded = faded_digits(study, official) if official and has_fracs else []
+    out[1].extra.update(faded=", ".join(map(str, faded)) or "none", n_faded=len(faded))
+    for c in out:
+        c.chapter = "03"
+    return out
+
+
+def page_numbers(study: Study, params: dict) -> dict:
+    """Run facts the page's prose glues (as ``c03_<key>``), beyond the claims' own numbers."""
+    real = [art[0]["real_latents"] for art in study.artifacts.values() if "real_latents" in art.get(0, {})]
+    spread = _matrix(study, "latent_spread", study.conditions[0].label if study.conditions else None)
+    return {
+        "seeds": len(study.seeds),
+        "last_generation": int(params["generations"]),
+        "steps": int(study.steps or steps_per_generation(params)),
+        "n_train": int(params["n_train"]),
+        "gen0_entropy": gen0_entropy(study),
+        "gen0_spread": _med(spread[0]) if spread is not None else float("nan"),
+        "real_spread": _med([vae.latent_stats(r)["latent_spread"] for r in real]) if real else float("nan"),
+    }
+
+
+def glue_page_numbers(study: Study, params: dict) -> dict:
+    """Glue :func:`page_numbers` for the prose (``{glue:text}`c03_steps```) and return them."""
+    from ..claims import glue
+
+    nums = page_numbers(study, params)
+    for k, v in nums.items():
+        glue(f"c03_{k}", v)
+    return nums

@@ -1,0 +1,169 @@
+"""Chapter 03's study module: the claims' verdicts, both ways, and the fading-digits table.
+
+The metrics here are made up (no training): a run whose numbers show what the paper states must be
+judged "reproduced", a doctored run that shows the opposite "contradicted", and a run too small to
+tell (a generation 0 that makes no digits, one seed, one generation) "not visible at this preset".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_utils.chapters import vae_mnist as ch
+from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+
+CONDITIONS = ["replace/fresh", "replace/fixed", "keep_real(0.1)/fixed", "accumulate/fixed"]
+PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "conditions": CONDITIONS}
+
+
+def balanced(k: int = 10) -> np.ndarray:
+    f = np.zeros(10)
+    f[:k] = 1 / k
+    return f
+
+
+def make_study(spread, entropy, nelbo, fracs=None, seeds=2, generations=3) -> ch.Study:
+    """A Study from per-condition trajectories: ``spread[label](g) -> value`` etc. (the same for every
+    seed up to a small seed offset; ``fracs[label](g) -> 10 shares``)."""
+    conds = [ch.parse_condition(c) for c in CONDITIONS]
+    rows = []
+    for cond in conds:
+        for s in range(seeds):
+            for g in range(generations + 1):
+                jitter = 1 + 0.01 * s
+                vals = {"latent_spread": spread[cond.label](g) * jitter,
+                        "class_entropy": entropy[cond.label](g) * jitter,
+                        "test_neg_elbo": nelbo[cond.label](g) * jitter}
+                if fracs is not None:
+                    vals.update({f"frac_{d}": float(v) for d, v in enumerate(fracs[cond.label](g))})
+                rows += [{"condition": cond.label, "regime": cond.regime, "synthetic": cond.synthetic, "seed": s,
+                          "generation": g, "metric": m, "value": float(v)} for m, v in vals.items()]
+    return ch.Study(pd.DataFrame(rows), pd.DataFrame(), {}, conds, list(range(seeds)), steps=141)
+
+
+def collapsing(seeds=2, generations=3, gen0_entropy=3.2):
+    """What the paper reports: under replace the spread and entropy fall and the real-test ELBO rises;
+    accumulate and keep_real rise less."""
+    labels = [ch.parse_condition(c).label for c in CONDITIONS]
+    rise = {"replace / fresh": 20.0, "replace / fixed": 20.0, "keep_real(0.1) / fixed": 10.0,
+            "accumulate / fixed": 3.0}
+    spread = {lab: (lambda g: 4.0 * 0.85 ** g) for lab in labels}
+    entropy = {lab: (lambda g: gen0_entropy - 0.3 * g) for lab in labels}
+    nelbo = {lab: (lambda g, r=rise[lab]: 120.0 + r * g) for lab in labels}
+    return make_study(spread, entropy, nelbo, seeds=seeds, generations=generations)
+
+
+def verdicts(study, params=PARAMS):
+    return {c.id: c.verdict for c in ch.claims(study, params)}
+
+
+def test_a_collapsing_run_reproduces_every_claim():
+    cl = ch.claims(collapsing(), PARAMS)
+    assert len(cl) >= 4 and all(c.verdict == REPRODUCED for c in cl), [(c.id, c.verdict) for c in cl]
+    assert all(c.evidence.startswith("fig-03-") for c in cl)
+    spread = next(c for c in cl if c.id == "spread-shrinks")
+    assert spread.extra["gen0"] == pytest.approx(4.0 * 1.005)  # median of the two seeds
+    assert spread.extra["ratio"] == pytest.approx(0.85 ** 3)
+    acc = next(c for c in cl if c.id == "accumulate-mitigates")
+    assert acc.extra["rise"] == pytest.approx(9.0 * 1.005) and acc.extra["rise_replace"] == pytest.approx(60 * 1.005)
+
+
+def test_doctored_runs_contradict_each_claim():
+    labels = [ch.parse_condition(c).label for c in CONDITIONS]
+    flat = {lab: (lambda g: 4.0 * 1.1 ** g) for lab in labels}           # spread grows
+    richer = {lab: (lambda g: 3.0 + 0.05 * g) for lab in labels}         # entropy rises
+    better = {lab: (lambda g: 120.0 - 2.0 * g) for lab in labels}        # real data explained better
+    v = verdicts(make_study(flat, richer, better))
+    assert v["spread-shrinks"] == CONTRADICTED
+    assert v["diversity-falls"] == CONTRADICTED
+    assert v["real-elbo-worse"] == CONTRADICTED
+    # replace got better, so there is nothing to mitigate: the mitigation claims cannot be judged
+    assert v["accumulate-mitigates"] == NOT_VISIBLE and v["keep-real-mitigates"] == NOT_VISIBLE
+
+    # replace degrades, but accumulate and keep_real degrade more: the mitigation is contradicted
+    worse = {"replace / fresh": 5.0, "replace / fixed": 5.0, "keep_real(0.1) / fixed": 8.0,
+             "accumulate / fixed": 12.0}
+    shrink = {lab: (lambda g: 4.0 * 0.85 ** g) for lab in labels}
+    falls = {lab: (lambda g: 3.2 - 0.3 * g) for lab in labels}
+    nelbo = {lab: (lambda g, r=worse[lab]: 120.0 + r * g) for lab in labels}
+    v = verdicts(make_study(shrink, falls, nelbo))
+    assert v["real-elbo-worse"] == REPRODUCED
+    assert v["accumulate-mitigates"] == CONTRADICTED and v["keep-real-mitigates"] == CONTRADICTED
+
+
+def test_seeds_that_disagree_are_not_visible():
+    study = collapsing()
+    m = study.metrics
+    # seed 1's spread under replace / fixed ends above its generation 0
+    sel = (m.seed == 1) & (m.condition == "replace / fixed") & (m.metric == "latent_spread") & (m.generation == 3)
+    m.loc[sel, "value"] = 10.0
+    assert verdicts(study)["spread-shrinks"] == NOT_VISIBLE
+
+
+@pytest.mark.parametrize("kw,params", [
+    ({"gen0_entropy": 0.0}, PARAMS),                      # generation 0 makes one class only (the smoke preset)
+    ({"seeds": 1}, PARAMS),                               # one seed
+    ({"generations": 1}, {**PARAMS, "generations": 1}),   # one generation after generation 0
+])
+def test_too_small_runs_are_not_visible(kw, params):
+    study = collapsing(**kw)
+    assert set(verdicts(study, params).values()) == {NOT_VISIBLE}
+
+
+def test_missing_conditions_are_not_visible():
+    study = collapsing()
+    keep = {"replace / fresh"}
+    study.metrics = study.metrics[study.metrics.condition.isin(keep)]
+    study.conditions = [c for c in study.conditions if c.label in keep]
+    v = verdicts(study)
+    assert v["spread-shrinks"] == REPRODUCED
+    assert v["accumulate-mitigates"] == NOT_VISIBLE and v["keep-real-mitigates"] == NOT_VISIBLE
+    cl = {c.id: c for c in ch.claims(study, PARAMS)}
+    assert math.isnan(cl["accumulate-mitigates"].extra["rise"])  # the page's glue keys exist all the same
+
+
+def fading_study(frac_by_gen):
+    labels = [ch.parse_condition(c).label for c in CONDITIONS]
+    const = {lab: (lambda g: 1.0) for lab in labels}
+    return make_study(const, const, const, fracs={lab: frac_by_gen for lab in labels})
+
+
+def test_fading_digits_never_calls_an_absent_or_dominant_digit_fading():
+    """The smoke-preset bug: digit 2 made 100 % of the samples at every generation and was listed first
+    as 'fading', because the digits with zero share at generation 0 (ratio NaN) were sorted after it."""
+    only_two = np.eye(10)[2]
+    fd = ch.fading_digits(fading_study(lambda g: only_two), "replace / fresh")
+    assert not fd.faded.any()
+    assert ch.faded_digits(fading_study(lambda g: only_two), "replace / fresh") == []
+    assert fd.digit.iloc[0] == 2 and fd.ratio.iloc[0] == 1.0 and fd.present_gen0.iloc[0]
+    assert fd.ratio.iloc[1:].isna().all()  # digits generation 0 never makes come last
+
+
+def test_fading_digits_ranks_the_digits_that_vanish():
+    def frac(g):  # digits 7 and 3 fade, 1 takes over, 9 is hardly made at generation 0 and vanishes
+        f = balanced(9)
+        f[9] = 0.01
+        f[7] *= 0.5 ** g
+        f[3] *= 0.8 ** g
+        f[1] += 1 - f.sum()
+        return f
+
+    study = fading_study(frac)
+    fd = ch.fading_digits(study, "replace / fresh")
+    assert fd.digit.iloc[0] == 7 and fd.halved_at_generation.iloc[0] == 2.0  # 0.5 at 1 is not below half
+    assert fd.digit.iloc[1] == 3 and math.isnan(fd.halved_at_generation.iloc[1])  # 0.8^3 = 0.512: never halved
+    assert ch.faded_digits(study, "replace / fresh") == [7]
+    assert fd.digit.iloc[-1] == 9 and not fd.present_gen0.iloc[-1]
+    assert ch.summary(study).faded_digits.iloc[0] == "7"
+
+
+def test_page_numbers_and_steps():
+    study = collapsing()
+    nums = ch.page_numbers(study, PARAMS)
+    assert nums["steps"] == 141 == ch.steps_per_generation(PARAMS)  # 3 * ceil(3000 / 64)
+    assert nums["seeds"] == 2 and nums["last_generation"] == 3
+    assert nums["gen0_entropy"] == pytest.approx(3.2 * 1.005)
+    assert math.isnan(nums["real_spread"])  # no artifacts in a made-up study
