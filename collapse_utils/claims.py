@@ -138,8 +138,8 @@ def scorecard_markdown(df: pd.DataFrame) -> str:
         "",
     ]
     for (chapter, page, preset), d in df.groupby(["chapter", "page", "preset"], sort=True):
-        out += [f"## Chapter {int(chapter)}: {{doc}}`{page}`", "",
-                f"Preset `{preset}` (run `{d['run_name'].iloc[0]}`).", "", claims_markdown(d), ""]
+        out += [f"## Chapter {int(chapter)}", "",
+                f"{{doc}}`{page}`, preset `{preset}` (run `{d['run_name'].iloc[0]}`).", "", claims_markdown(d), ""]
     return "\n".join(out)
 
 
