@@ -99,7 +99,11 @@ def glue(name: str, value: Any) -> Any:
     if get_ipython() is None:
         return value
     from IPython.display import Markdown
-    from myst_nb import glue as _glue
+
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # Colab without the book extra: the prose that glue feeds is the rendered book's
+        return value
 
     _glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
     return value

@@ -12,7 +12,8 @@ import hashlib
 import importlib
 import json
 import platform
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -244,6 +245,10 @@ class ChapterRun:
     chapter: Chapter
     params: dict
     run_name: str
+    #: where each value came from ("given" or "preset <name>"), for the page's "Reproduce this page"
+    sources: dict = field(default_factory=dict)
+    #: when the chapter started (time.time()), for the wall time in the page's footer
+    started: float = field(default_factory=time.time)
 
     @property
     def dir(self) -> Path:
@@ -300,7 +305,7 @@ def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRu
     from .plotting import set_style
 
     set_style()
-    return ChapterRun(ch, params, auto_run_name(params, ch.id))
+    return ChapterRun(ch, params, auto_run_name(params, ch.id), sources=dict(sources))
 
 
 class Checker:

@@ -1,27 +1,39 @@
-"""Dataset registry: names, files, sha256, and where to find them.
+"""Datasets: the registry in ``data/registry.yaml``, lookup, verification and downloads.
 
-Lookup order for a dataset's folder (DESIGN.md):
+The registry (names, files, sha256, licence, sources) is the tracked file ``data/registry.yaml``;
+the package ships it as ``collapse_utils/registry.yaml`` (a link to that file in the repository,
+a copy in an installed wheel), so an install from git reads the same registry as a checkout.
 
-1. an explicit ``path`` argument,
+Lookup order for a dataset's file (DESIGN.md):
+
+1. an explicit ``path`` argument (the folder holding the files),
 2. the ``COLLAPSE_DATA_DIR`` environment variable (a folder holding ``<dataset>/`` folders),
-3. the local cache ``data/cache/`` in the repository (or ``~/.cache/collapse_utils``),
-4. when ``download=True`` and a network is reachable, the canonical source, downloaded
-   into the cache and verified.
+3. the cache: ``COLLAPSE_CACHE_DIR``, else ``data/cache/`` in a writable checkout, else
+   ``~/.cache/collapse_utils``,
+4. only when ``download=True`` (and ``COLLAPSE_OFFLINE`` is not set): the registry's sources, in
+   order, downloaded into the cache.  A download is written only when its sha256 is right.
 
-Every file is checked against its sha256 before use; a missing or corrupt file
-raises :class:`DataError` naming the file, the expected checksum and how to fix it.
+Every file is checked against its sha256 before use; a missing or corrupt file raises
+:class:`DataError` naming the file, the expected checksum and how to provide it.
+
+``python -m collapse_utils.data fetch [NAME ...]`` downloads datasets into the cache ahead of a run
+(``list`` shows the registry and where each file was found).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import shutil
-import tempfile
+import sys
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DataError", "Dataset", "REGISTRY", "find_dataset", "dataset_file", "sha256sum", "cache_dir"]
+__all__ = ["DataError", "Dataset", "REGISTRY", "find_dataset", "dataset_file", "sha256sum", "cache_dir",
+           "load_registry", "registry_path", "fetch"]
+
+_TRUE = ("1", "true", "yes", "on")
 
 
 class DataError(RuntimeError):
@@ -33,9 +45,17 @@ class Dataset:
     name: str
     files: dict[str, str]  # relative file name -> sha256
     description: str
-    mirrors: tuple[str, ...] = ()  # base URLs; file names are appended
+    sources: tuple[dict, ...] = ()  # registry entries: url / zip / hf_datasets (see data/README.md)
     how_to_get: str = ""
+    licence: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)  # file -> bytes (where known)
+    lines: dict[str, int] = field(default_factory=dict)  # file -> lines (text files)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def mirrors(self) -> tuple[str, ...]:
+        """Where the files can be downloaded from, one short description per source."""
+        return tuple(_describe(s) for s in self.sources)
 
 
 REGISTRY: dict[str, Dataset] = {}
@@ -46,58 +66,107 @@ def register(ds: Dataset) -> Dataset:
     return ds
 
 
-register(Dataset(
-    "mnist",
-    {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    },
-    "MNIST handwritten digits, original IDX files (gzip)",
-    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
-             "https://storage.googleapis.com/cvdf-datasets/mnist/"),
-    how_to_get="download the four IDX .gz files of MNIST into a folder named 'mnist'",
-))
-register(Dataset(
-    "wikitext-2",
-    {
-        "wiki.train.tokens": "9e9fa1ad55b1c2c95b08e37dd8e653f638fac2c6de904b79e813611eefbc985f",
-        "wiki.valid.tokens": "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
-        "wiki.test.tokens": "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
-    },
-    "WikiText-2 (wikitext-2-v1, tokenized with <unk>), train/valid/test",
-    how_to_get="extract wikitext-2-v1.zip (Merity et al. 2016) into a folder named 'wikitext-2'",
-))
-register(Dataset(
-    "wikitext-2-raw",
-    {
-        "wiki.train.raw": "6707892fa3788b5ab9ed78ab5ff37d9fe825f6011a2ad4fcd6a6d467f0e7da57",
-        "wiki.valid.raw": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
-        "wiki.test.raw": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
-    },
-    "WikiText-2 raw (wikitext-2-raw-v1); with a network the paper preset loads it through "
-    "Hugging Face datasets instead",
-    how_to_get="extract wikitext-2-raw-v1.zip into a folder named 'wikitext-2-raw', or let the paper "
-    "preset load 'wikitext'/'wikitext-2-raw-v1' with Hugging Face datasets",
-))
-register(Dataset(
-    "gpt2-bpe",
-    {
-        "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-        "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    },
-    "GPT-2 byte-level BPE vocabulary and merges (the vocabulary OPT's tokenizer uses)",
-    how_to_get="copy OpenAI's GPT-2 encoder.json/vocab.bpe as vocab.json/merges.txt into 'gpt2-bpe'",
-))
+# --------------------------------------------------------------------------------------------
+# the registry file
+# --------------------------------------------------------------------------------------------
+_KINDS = ("url", "zip", "hf_datasets")
 
 
+def registry_path() -> Path:
+    """The registry the package reads: its own ``registry.yaml``, else ``data/registry.yaml`` beside it.
+
+    In the repository the first is a link to the second; in an installed wheel it is a copy.  Where a
+    checkout has no symbolic links (the link is then a one-line text file) the second is read.
+    """
+    pkg = Path(__file__).resolve().parent
+    for cand in (pkg / "registry.yaml", pkg.parent / "data" / "registry.yaml"):
+        if cand.is_file() and "datasets:" in cand.read_text(encoding="utf-8", errors="replace"):
+            return cand
+    raise DataError(f"the dataset registry is missing: neither {pkg / 'registry.yaml'} nor "
+                    f"{pkg.parent / 'data' / 'registry.yaml'} exists (reinstall collapse_utils)")
+
+
+def _describe(src: dict) -> str:
+    if "url" in src:
+        return src["url"]
+    if "zip" in src:
+        return src["zip"]
+    hf = src["hf_datasets"]
+    return f"Hugging Face datasets {hf['path']!r}/{hf['config']!r}"
+
+
+def load_registry(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
+    """Read and check a registry file; returns {name: Dataset}.  Bad entries raise DataError."""
+    import yaml
+
+    path = Path(path) if path is not None else registry_path()
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"cannot read the dataset registry {path}: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), dict):
+        raise DataError(f"the dataset registry {path} must be a mapping with a 'datasets' mapping")
+    out: dict[str, Dataset] = {}
+    for name, entry in doc["datasets"].items():
+        where = f"dataset registry {path}, entry {name!r}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("files"), dict) or not entry["files"]:
+            raise DataError(f"{where}: needs a non-empty 'files' mapping")
+        files, sizes, lines = {}, {}, {}
+        for fname, meta in entry["files"].items():
+            sha = meta.get("sha256") if isinstance(meta, dict) else None
+            if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise DataError(f"{where}: file {fname!r} needs a sha256 of 64 lower-case hex digits, got {sha!r}")
+            files[fname] = sha
+            if "bytes" in meta:
+                sizes[fname] = int(meta["bytes"])
+            if "lines" in meta:
+                lines[fname] = int(meta["lines"])
+        sources = entry.get("sources") or []
+        for src in sources:
+            kinds = [k for k in _KINDS if k in src] if isinstance(src, dict) else []
+            if len(kinds) != 1:
+                raise DataError(f"{where}: each source needs exactly one of {', '.join(_KINDS)}, got {src!r}")
+            kind = kinds[0]
+            if kind == "url" and "{file}" not in str(src["url"]):
+                raise DataError(f"{where}: url source {src['url']!r} needs a '{{file}}' placeholder")
+            if kind == "hf_datasets" and not (isinstance(src["hf_datasets"], dict)
+                                              and {"path", "config"} <= set(src["hf_datasets"])):
+                raise DataError(f"{where}: an hf_datasets source needs 'path' and 'config', got {src!r}")
+            covered = {"url": src.get("names") or files, "zip": src.get("members") or {},
+                       "hf_datasets": src.get("splits") or {}}[kind]
+            unknown = sorted(set(covered) - set(files))
+            if unknown or not covered:
+                raise DataError(f"{where}: source {_describe(src)} names no registered file "
+                                f"(unknown: {unknown}; registered: {sorted(files)})")
+        out[name] = Dataset(
+            name=name, files=files, description=str(entry.get("description", name)),
+            sources=tuple(sources), how_to_get=str(entry.get("how_to_get", "")),
+            licence=str(entry.get("licence", "")), sizes=sizes, lines=lines,
+            extra={k: v for k, v in entry.items() if k in ("citation", "used_by")},
+        )
+    return out
+
+
+REGISTRY.update(load_registry())
+
+
+# --------------------------------------------------------------------------------------------
+# lookup and verification
+# --------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
+    """COLLAPSE_CACHE_DIR, else data/cache/ in a writable checkout, else ~/.cache/collapse_utils."""
+    env = os.environ.get("COLLAPSE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
     from .results import repo_root
 
     root = repo_root(Path(__file__).parent)
-    if (root / "collapse_utils").is_dir() and os.access(root, os.W_OK):
-        return root / "data" / "cache"
+    if (root / "collapse_utils").is_dir():
+        for p in (root / "data" / "cache", root / "data", root):
+            if p.exists():
+                if os.access(p, os.W_OK):
+                    return root / "data" / "cache"
+                break
     return Path.home() / ".cache" / "collapse_utils"
 
 
@@ -138,24 +207,105 @@ def _candidates(name: str, path: str | os.PathLike | None) -> list[Path]:
     return out
 
 
-def _download(ds: Dataset, fname: str, dest: Path) -> bool:
-    for base in ds.mirrors:
-        url = base + fname
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                shutil.copyfileobj(resp, out)
-            if sha256sum(Path(tmp)) != ds.files[fname]:
-                os.unlink(tmp)
-                continue
-            os.replace(tmp, dest)
-            return True
-        except OSError:
-            if "tmp" in locals() and os.path.exists(tmp):
-                os.unlink(tmp)
+def downloads_disabled() -> bool:
+    """True when COLLAPSE_OFFLINE is set: ``download=True`` then only looks (the test suite sets it)."""
+    return os.environ.get("COLLAPSE_OFFLINE", "").strip().lower() in _TRUE
+
+
+# --------------------------------------------------------------------------------------------
+# downloads
+# --------------------------------------------------------------------------------------------
+NEWLINE = b"\n"
+USER_AGENT = "Mozilla/5.0 (compatible; collapse_utils dataset download)"  # some hosts refuse Python-urllib
+
+
+def _http_get(url: str, timeout: float = 60.0) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _hf_rows(path: str, config: str, split: str) -> list[str]:
+    """The ``text`` column of one split through Hugging Face ``datasets`` (tests replace this)."""
+    from datasets import load_dataset
+
+    return load_dataset(path, config, split=split)["text"]
+
+
+def rows_to_text(rows) -> bytes:
+    """The original WikiText file from Hugging Face rows, byte for byte.
+
+    Hugging Face built ``wikitext`` by reading each official file line by line: one row per line,
+    the line's text with its trailing newline, and an empty row for a blank line.  Every blank
+    line of the official files is a single space and a newline (``" \\n"``), so writing each empty
+    row back as ``" \\n"`` and every other row as it is gives the file again; the sha256 check
+    that follows confirms it.
+    """
+    out = []
+    for row in rows:
+        line = row if (row or "").strip() else " "
+        out.append(line if line.endswith("\n") else line + "\n")
+    return "".join(out).encode("utf-8")
+
+
+def _from_source(src: dict, ds: Dataset, wanted: str) -> dict[str, bytes]:
+    """{file: bytes} that one source gives (the wanted file, plus any others one archive holds)."""
+    if "url" in src:
+        remote = (src.get("names") or {}).get(wanted, wanted)
+        return {wanted: _http_get(src["url"].format(file=remote))}
+    if "zip" in src:
+        members = src["members"]
+        with zipfile.ZipFile(io.BytesIO(_http_get(src["zip"]))) as zf:
+            names = set(zf.namelist())
+            return {f: zf.read(m) for f, m in members.items() if m in names}
+    hf = src["hf_datasets"]
+    return {wanted: rows_to_text(_hf_rows(hf["path"], hf["config"], src["splits"][wanted]))}
+
+
+def _covers(src: dict, fname: str) -> bool:
+    if "url" in src:
+        return True
+    if "zip" in src:
+        return fname in src["members"]
+    return fname in src["splits"]
+
+
+def _download(ds: Dataset, fname: str, dest_dir: Path) -> tuple[Path | None, list[str]]:
+    """Try the sources in order; write verified files into ``dest_dir``.  (path or None, reasons)."""
+    from .storage import atomic_write_bytes
+
+    reasons = []
+    for src in ds.sources:
+        if not _covers(src, fname):
             continue
-    return False
+        where = (src["url"].format(file=(src.get("names") or {}).get(fname, fname)) if "url" in src
+                 else _describe(src))
+        try:
+            got = _from_source(src, ds, fname)
+        except ImportError as exc:
+            reasons.append(f"{where}: needs the package {exc.name or exc} (pip install datasets)")
+            continue
+        except Exception as exc:  # network, HTTP, archive or Hugging Face errors: say so, try the next source
+            reasons.append(f"{where}: {type(exc).__name__}: {exc}")
+            continue
+        if fname not in got:
+            reasons.append(f"{where}: the download has no {fname}")
+        ok = False
+        for f, payload in got.items():
+            sha = hashlib.sha256(payload).hexdigest()
+            if sha != ds.files[f]:
+                if f == fname:
+                    n_lines = payload.count(NEWLINE)
+                    lines = f", {n_lines:,} lines where {ds.lines[f]:,} are expected" if f in ds.lines else ""
+                    reasons.append(f"{where}: {fname} arrived with sha256 {sha}, expected {ds.files[f]} "
+                                   f"({len(payload):,} bytes{lines}); rejected, nothing was written")
+                continue
+            if f == fname or not (dest_dir / f).exists():
+                atomic_write_bytes(dest_dir / f, payload)  # a verified file; other archive members too
+            ok = ok or f == fname
+        if ok:
+            return dest_dir / fname, reasons
+    return None, reasons
 
 
 def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, download: bool = False) -> Path:
@@ -171,19 +321,34 @@ def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, d
         if f.exists():
             _verify(f, ds.files[fname], ds, fname)
             return f
-    if download and ds.mirrors:
-        dest = cache_dir() / name / fname
-        if _download(ds, fname, dest):
-            return dest
+    reasons: list[str] = []
+    if download and ds.sources and not downloads_disabled():
+        dest = cache_dir() / name
+        try:
+            got, reasons = _download(ds, fname, dest)
+        except OSError as exc:  # the cache cannot be written
+            raise DataError(f"cannot write {fname} of dataset {name!r} into the cache {dest}: {exc}; point "
+                            "COLLAPSE_CACHE_DIR at a writable folder") from None
+        if got is not None:
+            _verify(got, ds.files[fname], ds, fname)
+            return got
     where = ", ".join(str(t) for t in tried)
     env = os.environ.get("COLLAPSE_DATA_DIR")
     bad_env = (f"COLLAPSE_DATA_DIR={env} is not a folder (point it at the folder that holds the dataset "
                f"folders: {', '.join(sorted(REGISTRY))}, or unset it); ") if env and not Path(env).is_dir() else ""
+    if not ds.sources:
+        tail = "."
+    elif reasons:
+        tail = "; the download failed -- " + "; ".join(reasons) + "."
+    elif download and downloads_disabled():
+        tail = "; downloading is switched off (COLLAPSE_OFFLINE is set)."
+    else:
+        tail = (f"; or download it into the cache with `python -m collapse_utils.data fetch {name}` (or "
+                f"download=True) where a network exists (sources: {', '.join(ds.mirrors)}).")
     raise DataError(
         f"{bad_env}{fname} of dataset {name!r} not found (looked in: {where}); expected sha256 {ds.files[fname]}. "
         f"To provide it: {ds.how_to_get}, then point COLLAPSE_DATA_DIR at the folder that holds "
-        f"'{name}/' (or place it under {cache_dir()})"
-        + ("; downloading was not requested or failed." if ds.mirrors else ".")
+        f"'{name}/' (or place it under {cache_dir()}){tail}"
     )
 
 
@@ -195,3 +360,48 @@ def find_dataset(name: str, path: str | os.PathLike | None = None, download: boo
         raise DataError(f"unknown dataset {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     paths = [dataset_file(name, f, path, download) for f in (files or list(ds.files))]
     return paths[0].parent
+
+
+def fetch(names: list[str] | None = None) -> dict[str, Path]:
+    """Make every file of the named (default: all) datasets available, downloading what is missing."""
+    out = {}
+    for name in names or list(REGISTRY):
+        out[name] = find_dataset(name, download=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m collapse_utils.data",
+                                 description="The dataset registry: list it, or download datasets into the cache.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download (and verify) the named datasets, default all, into the cache")
+    f.add_argument("names", nargs="*", metavar="NAME")
+    sub.add_parser("list", help="every registered file and where it was found")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "fetch":
+            unknown = [n for n in args.names if n not in REGISTRY]
+            if unknown:
+                raise DataError(f"unknown dataset {unknown[0]!r}; registered: {', '.join(sorted(REGISTRY))}")
+            for name, folder in fetch(args.names or None).items():
+                print(f"{name}: {folder} (verified)")
+        else:
+            print(f"registry: {registry_path()}; cache: {cache_dir()}")
+            for ds in REGISTRY.values():
+                print(f"{ds.name}: {ds.description} [{ds.licence}]")
+                for fname in ds.files:
+                    try:
+                        where = str(dataset_file(ds.name, fname))
+                    except DataError:
+                        where = "missing"
+                    print(f"  {fname}: {where}")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

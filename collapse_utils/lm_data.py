@@ -3,9 +3,11 @@
 Two dataset configurations exist (the chapter says which one a run used):
 
 ``wikitext-2-raw-v1``  the paper's configuration: raw text, loaded from local files when all three
-                       splits are present (``COLLAPSE_DATA_DIR/wikitext-2-raw/``), otherwise through
-                       Hugging Face ``datasets.load_dataset("wikitext", "wikitext-2-raw-v1")`` (needs a
-                       network).  Tokenised with the model's own tokenizer (OPT's GPT-2 BPE).
+                       splits are present (``COLLAPSE_DATA_DIR/wikitext-2-raw/``), otherwise downloaded
+                       through the data registry (Hugging Face ``datasets``, written back to the
+                       original files and checked against their sha256; needs a network), and as a
+                       last resort read straight from ``datasets.load_dataset``.  Tokenised with the
+                       model's own tokenizer (OPT's GPT-2 BPE).
 ``wikitext-2-v1``      the complete tokenised release (rare words replaced by ``<unk>``), all three
                        splits from local files through the data registry.  The offline presets use
                        it, with a byte-level BPE tokenizer trained on its training split.
@@ -83,8 +85,10 @@ def drop_heading_lines(lines: list[str]) -> list[str]:
 def load_lines(config: str, split: str, path: str | os.PathLike | None = None) -> list[str]:
     """The non-blank lines of one split of WikiText-2 in the given configuration.
 
-    ``wikitext-2-v1`` comes from the registry's verified local files.  ``wikitext-2-raw-v1``
-    comes from local files when the split is there, else from Hugging Face ``datasets``.
+    ``wikitext-2-v1`` comes from the registry's verified local files (chapter 04's input check
+    downloads them first where a network exists).  ``wikitext-2-raw-v1`` comes from local files when
+    the split is there, else from the registry's download into the cache, else straight from
+    Hugging Face ``datasets``.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -93,7 +97,8 @@ def load_lines(config: str, split: str, path: str | os.PathLike | None = None) -
         return _clean(f.read_text(encoding="utf-8").splitlines(keepends=True))
     if config == "wikitext-2-raw-v1":
         try:
-            f = dataset_file("wikitext-2-raw", f"wiki.{split}.raw", path)
+            # local files, else the registry's sources (Hugging Face datasets first) into the verified cache
+            f = dataset_file("wikitext-2-raw", f"wiki.{split}.raw", path, download=True)
             return _clean(f.read_text(encoding="utf-8").splitlines(keepends=True))
         except DataError as local_err:
             try:

@@ -8,9 +8,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["set_style", "band", "band_tidy", "palette", "finish"]
+__all__ = ["set_style", "band", "band_tidy", "palette", "finish", "REGIME_COLORS", "regime_color", "regime_colors"]
 
 PALETTE = "colorblind"
+#: one colour per data regime across the whole book (indices into the colour-blind palette):
+#: replace blue, keep_real green, accumulate orange, accumulate_subsample purple
+REGIME_COLORS = {"replace": 0, "keep_real": 2, "accumulate": 1, "accumulate_subsample": 4}
 
 
 def set_style(context: str = "notebook") -> None:
@@ -29,6 +32,32 @@ def set_style(context: str = "notebook") -> None:
 
 def palette(n: int) -> list:
     return sns.color_palette(PALETTE, n)
+
+
+def regime_color(regime) -> tuple:
+    """The book's colour of a data regime (``"replace"``, ``"keep_real(0.1)"``, a :class:`Regime`, or a
+    condition such as ``"replace/fixed"``): the same colour for the same regime in every chapter."""
+    from .regimes import parse_regime
+
+    name = parse_regime(str(regime).split("/")[0].strip()).name
+    return tuple(sns.color_palette(PALETTE, 10)[REGIME_COLORS[name]])
+
+
+def regime_colors(regimes: Sequence) -> list[tuple]:
+    """Colours for a list of regimes (or conditions): each in its regime's colour; a regime that comes
+    again (``replace/fresh`` and ``replace/fixed``) gets a darker, then a lighter shade of the same hue."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in regimes:
+        base = np.array(regime_color(r))
+        key = tuple(base)
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        if k:
+            target = np.zeros(3) if k % 2 else np.ones(3)  # darker, lighter, darker, ...
+            base = base + (target - base) * min(0.45, 0.3 * ((k + 1) // 2))
+        out.append(tuple(float(x) for x in base))
+    return out
 
 
 def band(

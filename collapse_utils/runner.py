@@ -229,7 +229,16 @@ def write_scorecard(generated: str | Path) -> Path:
 
     path = Path(generated) / "scorecard.md"
     atomic_write_bytes(path, scorecard_markdown(read_claims(generated)).encode())
+    write_execution_table(generated)
     return path
+
+
+def write_execution_table(generated: str | Path) -> Path:
+    """The table of the execution-statistics page (book/execution.md includes it), from the executed
+    notebooks' papermill metadata: every chapter's preset, date and wall time."""
+    from .page import write_execution_page
+
+    return write_execution_page(generated)
 
 
 def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True,

@@ -13,6 +13,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("COLLAPSE_OFFLINE", "1")  # tests never download (make test fetches data first)
 if "COLLAPSE_DATA_DIR" not in os.environ and (ROOT.parent / "shared" / "data").is_dir():
     os.environ["COLLAPSE_DATA_DIR"] = str(ROOT.parent / "shared" / "data")
 

@@ -41,7 +41,10 @@ def test_chapter_structure(chapter):
     # the Colab badge points at this chapter's committed notebook in the configured repository
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
     repo = url.split("github.com/")[1]
-    badge = f"https://colab.research.google.com/github/{repo}/blob/main/notebooks/{ch.slug}.ipynb"
+    from collapse_utils.page import colab_ref
+
+    # the badge opens the notebook at the same pinned tag its install cell installs
+    badge = f"https://colab.research.google.com/github/{repo}/blob/{colab_ref()}/notebooks/{ch.slug}.ipynb"
     assert badge in ch.notebook_md.read_text()
     # every figure cell carries a caption
     for c in code:
@@ -143,3 +146,116 @@ def test_prose_has_no_typed_result_numbers(chapter):
     nb = jupytext.read(config.get_chapter(chapter).notebook_md)
     typed = [n for c in nb.cells if c.cell_type == "markdown" for n in typed_numbers(c.source)]
     assert not typed, f"typed numbers in the prose of chapter {chapter}: {typed}; glue them from the run"
+
+
+# --- Colab: every notebook installs one pinned reference of the package, with what its chapter needs -------
+_INSTALL = re.compile(r'^\s*!pip -q install "(?P<name>collapse_utils)(?:\[(?P<extras>[a-z0-9_,-]+)\])? '
+                      r'@ git\+(?P<url>https://github\.com/[\w.-]+/[\w.-]+)@(?P<ref>[\w.-]+)"\s*$', re.M)
+
+
+def _pyproject():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_colab_install_line_is_pinned_to_the_one_reference(chapter):
+    from collapse_utils import __version__, page
+
+    ch = config.get_chapter(chapter)
+    cell = [c for c in jupytext.read(ch.notebook_md).cells if c.cell_type == "code"][1]
+    lines = [ln for ln in cell.source.splitlines() if "pip" in ln]
+    assert len(lines) == 1, f"one install line in the Colab cell, found {lines}"
+    m = _INSTALL.match(lines[0])
+    assert m, f"malformed install line: {lines[0]!r}"
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    assert m["url"] == url, "the Colab cell installs from another repository than _config.yml names"
+    ref = m["ref"]
+    assert ref not in ("main", "master", "HEAD") and (re.fullmatch(r"v\d+\.\d+\.\d+", ref)
+                                                      or re.fullmatch(r"[0-9a-f]{40}", ref)), f"not pinned: {ref}"
+    assert ref == page.colab_ref() == f"v{__version__}"
+    project = _pyproject()["project"]
+    assert project["version"] == __version__, "pyproject.toml and collapse_utils.__version__ disagree"
+    extras = [e for e in (m["extras"] or "").split(",") if e]
+    assert set(extras) <= set(project["optional-dependencies"]), f"unknown extras {extras}"
+    assert not set(extras) & {"run", "dev", "book"}, "Colab needs neither the runner, the tests nor the book"
+    assert tuple(extras) == page.CHAPTER_EXTRAS[ch.id]
+    assert lines[0].strip() == "!" + page.colab_install_line(ch.id)
+
+
+def test_chapters_that_use_language_models_install_the_lm_extra():
+    """A study module that imports transformers needs the `lm` extra in its Colab cell."""
+    import importlib
+    import inspect
+
+    from collapse_utils import page
+
+    for cid, ch in config.available_chapters().items():
+        src = inspect.getsource(importlib.import_module(ch.module))
+        uses_lm = "transformers" in src or "from ..lm" in src or "import lm" in src
+        assert ("lm" in page.CHAPTER_EXTRAS[cid]) == uses_lm, cid
+
+
+def test_core_dependencies_leave_the_runner_and_colabs_kernel_alone():
+    project = _pyproject()["project"]
+    core = " ".join(project["dependencies"])
+    for name in ("papermill", "jupytext", "ipykernel"):
+        assert name not in core, f"{name} is a core dependency (Colab would install or upgrade it)"
+        assert any(d.startswith(name) for d in project["optional-dependencies"]["run"])
+    # the install path of make/CI still installs everything
+    makefile = (ROOT / "Makefile").read_text()
+    (extras,) = re.findall(r'pip install --quiet -e "\.\[([a-z,]+)\]"', makefile)
+    assert set(extras.split(",")) == {"run", "dev", "book", "lm"}
+    assert "torch==2.13.0" in makefile
+
+
+def test_torch_index_is_a_documented_variable_with_an_offline_fallback():
+    """Linux: the CPU wheel index as an *extra* index (pip falls back to the default index and local wheels
+    where it cannot be reached); empty: the default index; the README says how to get the GPU build."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+
+    def line(*args):
+        r = subprocess.run(["make", "-s", "print-torch-pip", *args], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    import platform
+
+    default = line()
+    if platform.system() == "Linux":
+        assert default == "pip install torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu"
+    assert line("TORCH_INDEX=") == "pip install torch==2.13.0"
+    cu = "https://download.pytorch.org/whl/cu126"
+    assert line(f"TORCH_INDEX={cu}") == f"pip install torch==2.13.0 --extra-index-url {cu}"
+    readme = (ROOT / "README.md").read_text()
+    assert "TORCH_INDEX=" in readme and "GPU" in readme
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_ends_with_reproduce_this_page(chapter):
+    nb = jupytext.read(config.get_chapter(chapter).notebook_md)
+    assert nb.cells[-2].cell_type == "markdown" and nb.cells[-2].source.strip() == "## Reproduce this page"
+    last = nb.cells[-1]
+    assert last.cell_type == "code" and "reproduce(run)" in last.source and len(last.source.splitlines()) <= 3
+    assert "remove-input" in last.metadata.get("tags", [])
+
+
+def test_smoke_page_ends_with_commands_downloads_and_versions(smoke_chapter, read_executed):
+    out = smoke_chapter("01")
+    nb = nbformat.read(out, as_version=4)
+    md = "".join(o.get("data", {}).get("text/markdown", "") for o in nb.cells[-1].outputs)
+    assert "python -m collapse_utils run 01 --preset smoke" in md
+    assert "papermill notebooks/01_gaussian_theory.ipynb 01_gaussian_theory.out.ipynb -p preset smoke" in md
+    assert "colab.research.google.com/github/" in md
+    for rel in re.findall(r"\{download\}`[^<`]*<([^>]+)>`", md):
+        assert (out.parent / rel).is_file(), rel  # every download the page links exists for the book build
+    assert "downloads/01_gaussian_theory.metrics.csv" in md and "downloads/01_gaussian_theory.claims.csv" in md
+    assert re.search(r"\*Executed on \d{4}-\d\d-\d\d with Python [\d.]+, numpy [\d.]+, torch \S+, "
+                     r"collapse_utils [\d.]+; machine: .+; wall time [\d.]+ (s|min|h)\.\*", md)

@@ -278,40 +278,52 @@ def _truth_contours(ax, study: Study, lim: float):
 
 
 def plot_panels(studies: dict[str, Study], panel_generations: Sequence[int], row: int = 0, lim: float = 3.0,
-                n_points: int = 1000, seed: int = 0):
-    """Real data, then samples of the fitted mixture at each panel generation (one seed), per setting."""
+                n_points: int = 1000, seed: int = 0, ncols: int = 4):
+    """Real data, then samples of the fitted mixture at each panel generation (one seed), per setting.
+
+    Each setting gets a block of rows of at most ``ncols`` panels (real data first), so that the panels
+    stay readable at page width however many generations are shown."""
     import matplotlib.pyplot as plt
 
     from ..plotting import palette
 
     gens = [g for g in panel_generations if g in studies[DATA_SETTINGS[0]].models]
-    fig, axes = plt.subplots(len(DATA_SETTINGS), len(gens) + 1, figsize=(2.15 * (len(gens) + 1), 2.35 * 2 + 0.4),
+    n_panels = len(gens) + 1
+    ncols = max(1, min(ncols, n_panels))
+    block = -(-n_panels // ncols)  # rows per setting
+    nrows = block * len(DATA_SETTINGS)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 3.0 * nrows + 0.2),
                              sharex=True, sharey=True, squeeze=False)
     cols = palette(max(studies[s].models[gens[0]].n_components for s in DATA_SETTINGS) + 1)
     for i, setting in enumerate(DATA_SETTINGS):
         st = studies[setting]
-        ax = axes[i, 0]
+        name = "blob" if setting == "blob" else "two Gaussians"
+        panels = [axes[i * block + j // ncols, j % ncols] for j in range(block * ncols)]
+        ax = panels[0]
         x = st.real[row]
-        ax.scatter(x[:, 0], x[:, 1], s=2, color="0.3", alpha=0.5, rasterized=True)
+        ax.scatter(x[:, 0], x[:, 1], s=3, color="0.3", alpha=0.5, rasterized=True)
         _truth_contours(ax, st, lim)
-        ax.set_title("real data" if i == 0 else "")
-        ax.set_ylabel(f"{'blob' if setting == 'blob' else 'two Gaussians'}\n$x_2$")
+        ax.set_title(f"{name}: real data")
         for j, g in enumerate(gens):
             m = st.models[g][row]
             xs, lab = m.sample(n_points, make_rng(seed, g, "eval"))
-            ax = axes[i, j + 1]
+            ax = panels[j + 1]
             for k in range(m.n_components):
                 sel = lab[0] == k
-                ax.scatter(xs[0, sel, 0], xs[0, sel, 1], s=2, color=cols[k], alpha=0.5, rasterized=True)
-                _ellipse(ax, m.means[0, k], m.covariances[0, k], cols[k], lw=1.2)
+                ax.scatter(xs[0, sel, 0], xs[0, sel, 1], s=3, color=cols[k], alpha=0.5, rasterized=True)
+                _ellipse(ax, m.means[0, k], m.covariances[0, k], cols[k], lw=1.4)
             _truth_contours(ax, st, lim)
-            if i == 0:
-                ax.set_title(f"generation {g}")
+            ax.set_title(f"{name}: generation {g}")
+        for ax in panels[n_panels:]:
+            ax.set_visible(False)
     for ax in axes.ravel():
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.set_aspect("equal")
-    for ax in axes[-1]:
+        ax.tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("$x_2$")
+    for ax in axes.ravel():
         ax.set_xlabel("$x_1$")
     fig.tight_layout()
     return fig
@@ -420,10 +432,10 @@ def plot_regimes(studies: dict[str, Study], regimes: Sequence[str]):
     """replace vs keep_real vs accumulate on the same seeds: L2 to the truth and the overall spread."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from ..plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
-    cols = palette(len(regimes))
+    cols = regime_colors(regimes)
     for r, col in zip(regimes, cols):
         df = studies[f"regime:{r}"].metrics
         for ax, metric in zip(axes, ("l2_truth", "spread_min", "tail99")):

@@ -363,11 +363,11 @@ def plot_schedules(result: Result):
 
 def plot_accumulate(result: Result):
     """Replace vs accumulate: W2^2 and sigma2 bands over seeds."""
-    from ..plotting import finish, palette
+    from ..plotting import finish, regime_colors
 
     sub = result.gaussian[result.gaussian.study == "accumulate"]
     fig, axes = _axes(1, 2, figsize=(11, 4.2))
-    for regime, col in zip(("replace", "accumulate"), palette(2)):
+    for regime, col in zip(("replace", "accumulate"), regime_colors(("replace", "accumulate"))):
         g, w2 = w2_matrix(sub, regime=regime)
         _band(axes[0], g[1:], w2[1:], regime, col)
         _, s2 = seed_matrix(sub, "sigma2", regime=regime)
@@ -499,7 +499,8 @@ def _fmt_int(x) -> str:
     x = int(x)
     if x >= 10**6:
         e = int(np.floor(np.log10(x)))
-        return f"${x / 10**e:.1f}\\times 10^{{{e}}}$"
+        sup = str(e).translate(str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻"))
+        return f"{x / 10**e:.1f} × 10{sup}"  # plain text: inline glue is not parsed for maths
     return f"{x:,}".replace(",", "\u2009")
 
 

@@ -27,7 +27,7 @@ from ..config import Checker
 from ..engine import run_recursion
 from ..lm import LOCAL_MODEL, Base, LMCollapse, prepare_base, prepare_data
 from ..lm_data import DATA_CONFIGS, LMData, load_tokenizer
-from ..plotting import finish, palette
+from ..plotting import finish, palette, regime_colors
 from ..regimes import parse_regime
 
 __all__ = [
@@ -125,7 +125,7 @@ def check_inputs(p: dict) -> None:
 
     if p["data_config"] == "wikitext-2-v1":
         for split in SPLITS:
-            dataset_file("wikitext-2", f"wiki.{split}.tokens")
+            dataset_file("wikitext-2", f"wiki.{split}.tokens", download=True)
     else:
         datasets_offline = _offline("HF_DATASETS_OFFLINE")
         for split in SPLITS:
@@ -407,7 +407,7 @@ def plot_test_perplexity(metrics: pd.DataFrame, p: dict, base_ppl: float | None 
     w = _wide(metrics)
     labels = _labels(p)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, s, c in zip(axes, ("a", "b"), palette(2)):
+    for ax, s, c in zip(axes, ("a", "b"), regime_colors([setting_spec(p, s)["regime"] for s in ("a", "b")])):
         d = w[w["setting"] == s].groupby("generation")
         g = np.array(sorted(w.loc[w["setting"] == s, "generation"].unique()))
         mean = d["test_ppl"].mean().reindex(g).values
@@ -495,7 +495,7 @@ def plot_ablation(metrics: pd.DataFrame, p: dict):
     w = _wide(metrics)
     seeds = sorted(w.loc[w["setting"] == "ablation", "seed"].unique())
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for s, c in zip(("a", "ablation"), palette(2)):
+    for s, c in zip(("a", "ablation"), regime_colors([setting_spec(p, s)["regime"] for s in ("a", "ablation")])):
         d = w[(w["setting"] == s) & w["seed"].isin(seeds)].groupby("generation").mean(numeric_only=True)
         pen = p["repetition_penalty"] if s == "a" else p["ablation_penalty"]
         lab = f"repetition penalty {pen:g}"

@@ -408,10 +408,10 @@ def plot_latent_spread(study: Study):
     Lines: medians over seeds; bands: min-max over seeds (with few seeds a range, not an uncertainty)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from ..plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
-    cols = palette(len(study.conditions))
+    cols = regime_colors([c.regime for c in study.conditions])
     real = [art[0]["real_latents"] for art in study.artifacts.values() if "real_latents" in art.get(0, {})]
     for cond, col in zip(study.conditions, cols):
         for ax, metric in zip(axes, ("latent_spread", "latent_mean_norm")):
@@ -520,10 +520,10 @@ def plot_class_entropy(study: Study):
     over seeds."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from ..plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.0))
-    for cond, col in zip(study.conditions, palette(len(study.conditions))):
+    for cond, col in zip(study.conditions, regime_colors([c.regime for c in study.conditions])):
         for ax, metric in zip(axes, ("class_entropy", "classifier_confidence")):
             gens, vals = seed_matrix(study.metrics, metric, cond.label)
             band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3, quantiles=(0, 1))
@@ -540,10 +540,10 @@ def plot_test_elbo(study: Study):
     """Negative ELBO per real test image under each generation's VAE (nats); median and min-max over seeds."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from ..plotting import band, finish, regime_colors
 
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
-    for cond, col in zip(study.conditions, palette(len(study.conditions))):
+    for cond, col in zip(study.conditions, regime_colors([c.regime for c in study.conditions])):
         gens, vals = seed_matrix(study.metrics, "test_neg_elbo", cond.label)
         band(ax, gens, vals, label=cond.label, color=col, marker="o", ms=3, quantiles=(0, 1))
     finish(ax, "generation", "negative ELBO of real test images (nats)",

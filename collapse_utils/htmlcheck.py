@@ -1,0 +1,531 @@
+"""Open every page of a built book in headless Chromium and report what a reader would find broken.
+
+    python -m collapse_utils.htmlcheck _build/html            # exit 1, one line per problem
+    python -m collapse_utils.htmlcheck _build/html --static   # no browser: the checks Python can do alone
+
+Chromium is driven over its DevTools protocol through a pipe (``--remote-debugging-pipe``: JSON messages
+separated by NUL bytes on file descriptors 3 and 4), so nothing beyond the standard library is needed.
+Every http(s)/ws request is blocked and reported: the book must render from its own files.
+
+What the browser establishes, per page: the page loads; no script throws; no local resource (script,
+stylesheet, font, image) fails to load; no request leaves the machine; MathJax typesets every ``.math``
+element without a TeX error and no raw TeX delimiter (``$$``, ``\\(``, ``\\[``, ``\\begin{``, ``$..\\cmd..$``)
+is left in the rendered text; every ``<img>`` is complete with ``naturalWidth > 0``. Python then checks,
+from the hrefs and element ids the browser reported, that every local link's target file exists inside
+the build and that every ``#fragment`` names an element of the target page.
+
+``--static`` (and the unit tests on machines without Chromium) gathers the same facts by parsing the HTML
+files: raw TeX outside the ``.math`` elements MathJax would process, image files that exist and decode,
+and the same link rules; it cannot say whether MathJax ran or scripts failed.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import html.parser
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+SKIP_DIRS = {"_static", "_sources", "_images", "_downloads"}
+# raw TeX that MathJax should have consumed: display/inline delimiters, environments, $..\cmd..$
+RAW_TEX = re.compile(r"\$\$|\\\(|\\\)|\\\[|\\\]|\\begin\{|\$[^$\n]{0,200}?\\[A-Za-z]+[^$\n]{0,200}?\$")
+# text inside these elements is code or machinery, never prose MathJax should typeset
+NON_PROSE = ("script", "style", "pre", "code", "textarea", "noscript", "template")
+BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+PAGE_TIMEOUT = 60.0
+MAX_RAW = 5  # raw-TeX passages said per page; the rest are counted
+
+
+@dataclass
+class PageFacts:
+    """What was found on one page, by the browser or by the static parser."""
+
+    page: Path
+    load_error: str | None = None
+    texts: list[str] = field(default_factory=list)  # rendered prose text (code, scripts, typeset maths excluded)
+    typeset_math: int = 0  # .math elements MathJax typeset (browser only)
+    untypeset_math: int = 0  # .math elements without MathJax output (browser only)
+    math_errors: list[str] = field(default_factory=list)  # TeX errors MathJax rendered
+    images: list[tuple[str, bool, str]] = field(default_factory=list)  # (src, loaded, why not)
+    hrefs: list[str] = field(default_factory=list)  # <a href> as written in the page
+    ids: set[str] = field(default_factory=set)  # element ids and <a name> anchors
+    refresh: str | None = None  # a redirect page's target, as written
+    external: list[str] = field(default_factory=list)  # requests that would leave the machine
+    failed: list[str] = field(default_factory=list)  # local resources that failed to load
+    js_errors: list[str] = field(default_factory=list)  # uncaught exceptions
+
+
+def find_pages(root: Path) -> list[Path]:
+    """Every reader-facing .html page of a Sphinx build (theme templates and copied sources left out)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*.html") if not SKIP_DIRS & set(p.relative_to(root).parts[:-1]))
+
+
+# ---------------------------------------------------------------- static facts (no browser)
+class _StaticParser(html.parser.HTMLParser):
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, bool]] = []  # (tag, is a .math element)
+        self.texts: list[str] = []
+        self.imgs: list[str] = []
+        self.hrefs: list[str] = []
+        self.ids: set[str] = set()
+        self.refresh: str | None = None  # <meta http-equiv="refresh"> target
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(a["id"])
+        if tag == "a" and a.get("name"):
+            self.ids.add(a["name"])
+        if tag == "a" and a.get("href") is not None:
+            self.hrefs.append(a["href"])
+        if tag == "img":
+            self.imgs.append(a.get("src") or "")
+        if tag == "meta" and (a.get("http-equiv") or "").lower() == "refresh":
+            m = re.search(r"url\s*=\s*['\"]?([^'\";]+)", a.get("content") or "", re.I)
+            if m:
+                self.refresh = m.group(1).strip()
+                self.hrefs.append(self.refresh)
+        if tag not in self.VOID:
+            self.stack.append((tag, "math" in (a.get("class") or "").split()))
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if tag not in self.VOID and self.stack:
+            self.stack.pop()
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):  # tolerate unclosed elements
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                break
+
+    def handle_data(self, data):
+        if not data.strip() or any(t in NON_PROSE or m for t, m in self.stack):
+            return
+        self.texts.append(data)
+
+
+def _image_decodes(path: Path) -> str:
+    """'' when the file is an image a browser can show, else why not."""
+    if not path.is_file():
+        return "file missing"
+    if path.suffix.lower() == ".svg":
+        head = path.read_bytes()[:2048].lower()
+        return "" if b"<svg" in head else "not an SVG document"
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the finding
+        return f"does not decode ({type(e).__name__})"
+    return ""
+
+
+def static_facts(page: Path) -> PageFacts:
+    """The facts Python can gather from the HTML file itself."""
+    page = Path(page)
+    facts = PageFacts(page)
+    try:
+        text = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        facts.load_error = str(e)
+        return facts
+    p = _StaticParser()
+    p.feed(text)
+    p.close()
+    facts.texts, facts.hrefs, facts.ids, facts.refresh = p.texts, p.hrefs, p.ids, p.refresh
+    for src in p.imgs:
+        if src.startswith("data:"):
+            facts.images.append((src[:40], True, ""))
+            continue
+        parts = urlsplit(src)
+        if parts.scheme or parts.netloc:
+            facts.images.append((src, False, "not a local file"))
+            continue
+        why = _image_decodes(page.parent / url2pathname(unquote(parts.path))) if parts.path else "empty src"
+        facts.images.append((src, not why, why))
+    return facts
+
+
+# ---------------------------------------------------------------- browser facts
+def find_chromium() -> str | None:
+    """The Chromium executable: $CHROMIUM if set, else the first browser on PATH."""
+    if os.environ.get("CHROMIUM"):
+        return shutil.which(os.environ["CHROMIUM"]) or None
+    for name in BROWSER_CANDIDATES:
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class BrowserError(RuntimeError):
+    pass
+
+
+class Chromium:
+    """A headless Chromium driven over the DevTools protocol on a pipe (fd 3 in, fd 4 out)."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
+             "--allow-file-access-from-files", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--remote-debugging-pipe"]
+
+    def __init__(self, executable: str):
+        self.profile = tempfile.mkdtemp(prefix="htmlcheck-profile-")
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        # the child reads commands on fd 3 and writes replies on fd 4. Its ends are first copied to
+        # numbers >= 10 (close-on-exec) so that putting them on 3 and 4 cannot overwrite one another;
+        # close_fds=False is safe because Python's own descriptors are all close-on-exec (PEP 446).
+        child_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
+        child_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
+        for fd in (to_child_r, from_child_w):
+            os.close(fd)
+
+        def onto_3_and_4():  # runs in the child between fork and exec
+            os.dup2(child_r, 3)
+            os.dup2(child_w, 4)
+
+        self.proc = subprocess.Popen(
+            [executable, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=False, preexec_fn=onto_3_and_4)
+        os.close(child_r)
+        os.close(child_w)
+        self._buf = b""
+        self._next_id = 0
+        self.events: list[dict] = []
+        targets = self.call("Target.getTargets")["targetInfos"]
+        page = next((t for t in targets if t["type"] == "page"), None)
+        target_id = page["targetId"] if page else self.call("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target_id, flatten=True)["sessionId"]
+        for domain in ("Page", "Runtime", "Network"):
+            self.call(f"{domain}.enable", session=self.session)
+        self.call("Network.setBlockedURLs", session=self.session,
+                  urls=["http://*", "https://*", "ws://*", "wss://*"])
+        self.call("Network.setCacheDisabled", session=self.session, cacheDisabled=True)
+
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrowserError("timed out waiting for Chromium")
+            ready, _, _ = select.select([self._from_child], [], [], left)
+            if ready:
+                chunk = os.read(self._from_child, 1 << 20)
+                if not chunk:
+                    raise BrowserError(f"Chromium exited (status {self.proc.poll()})")
+                self._buf += chunk
+        raw, self._buf = self._buf.split(b"\0", 1)
+        return json.loads(raw)
+
+    def call(self, method: str, session: str | None = None, timeout: float = PAGE_TIMEOUT, **params) -> dict:
+        self._next_id += 1
+        msg = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_child, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise BrowserError(f"{method}: {reply['error'].get('message')}")
+                return reply.get("result", {})
+            if "method" in reply:
+                self.events.append(reply)
+
+    def wait_event(self, method: str, timeout: float = PAGE_TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["method"] == method:
+                    return self.events.pop(i)
+            self.events.append(self._read_message(deadline))
+
+    def close(self):
+        try:
+            self.call("Browser.close", timeout=5)
+        except (BrowserError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for fd in (self._to_child, self._from_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# run in the page after its load event: wait for MathJax and images, then report what the reader sees
+_COLLECT_JS = r"""
+(async (limitMs) => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const t0 = Date.now();
+  const wantsMath = !!document.querySelector('script[src*="mathjax" i]');
+  if (wantsMath) {
+    // the script is deferred, so by the load event MathJax.startup exists unless the script failed
+    while (!(window.MathJax && MathJax.startup && MathJax.startup.promise) && Date.now() - t0 < 2000) await sleep(50);
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) { try { await MathJax.startup.promise; } catch (e) {} }
+  }
+  const imgs = Array.from(document.images);
+  imgs.forEach(img => { img.loading = 'eager'; });
+  await Promise.all(imgs.map(img => img.complete ? null : new Promise(r => {
+    img.addEventListener('load', r); img.addEventListener('error', r); setTimeout(r, limitMs); })));
+  const skip = new Set(%s);
+  const texts = [];
+  const walker = document.createTreeWalker(document.body || document.documentElement, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (!n.data.trim()) continue;
+    let e = n.parentElement, keep = true;
+    for (; e; e = e.parentElement) { const t = e.tagName.toLowerCase(); if (skip.has(t) || t === 'mjx-container') { keep = false; break; } }
+    if (keep) texts.push(n.data);
+  }
+  const maths = Array.from(document.querySelectorAll('.math'));
+  return {
+    texts,
+    mathjax: !!(window.MathJax && MathJax.version),
+    typeset: maths.filter(m => m.querySelector('mjx-container')).length,
+    untypeset: maths.filter(m => !m.querySelector('mjx-container') && m.tagName.toLowerCase() !== 'mjx-container').length,
+    mathErrors: Array.from(document.querySelectorAll('mjx-merror')).map(e => e.getAttribute('data-mjx-error') || e.textContent)
+      // MathJax's noundefined extension shows an unknown macro as red text instead of an error
+      .concat(Array.from(document.querySelectorAll('mjx-assistive-mml mtext[mathcolor="red"]'))
+              .filter(e => e.textContent.startsWith('\\')).map(e => 'undefined macro ' + e.textContent)),
+    images: imgs.map(img => [img.getAttribute('src') || '', img.src, img.complete && img.naturalWidth > 0]),
+    hrefs: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+    ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id)
+          .concat(Array.from(document.querySelectorAll('a[name]')).map(a => a.getAttribute('name'))),
+  };
+})(%d)
+""" % (json.dumps(NON_PROSE), int(PAGE_TIMEOUT * 1000 / 2))
+
+
+def browser_facts(browser: Chromium, page: Path) -> PageFacts:
+    """Open one page in the browser and collect what the reader would meet."""
+    page = Path(page).resolve()
+    facts = PageFacts(page)
+    s = browser.session
+    browser.events.clear()
+    nav = browser.call("Page.navigate", session=s, url=page.as_uri())
+    if nav.get("errorText"):
+        facts.load_error = nav["errorText"]
+        return facts
+    redirect = static_facts(page)
+    if redirect.refresh and not redirect.load_error:  # a redirect page: the browser must land on its target
+        want, _, _ = _target(page.parent, page, redirect.refresh)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                now = browser.call("Runtime.evaluate", session=s, expression="location.href",
+                                   returnByValue=True)["result"].get("value", "")
+            except BrowserError:  # the context went away mid-navigation
+                now = ""
+            if want and now.split("#")[0] == want.as_uri():
+                break
+            time.sleep(0.1)
+        else:
+            redirect.load_error = f"did not redirect to {redirect.refresh}"
+        return redirect
+    try:
+        browser.wait_event("Page.loadEventFired")
+        res = browser.call("Runtime.evaluate", session=s, expression=_COLLECT_JS, awaitPromise=True,
+                           returnByValue=True)
+    except BrowserError as e:
+        facts.load_error = str(e)
+        return facts
+    if "exceptionDetails" in res:
+        facts.load_error = f"checker script failed: {res['exceptionDetails'].get('text')}"
+        return facts
+    v = res["result"]["value"]
+    facts.texts = v["texts"]
+    facts.typeset_math, facts.untypeset_math = v["typeset"], v["untypeset"]
+    facts.math_errors = v["mathErrors"]
+    facts.images = [(src, ok, "" if ok else "not loaded by the browser (naturalWidth 0)"
+                     + (", remote image (the check runs offline)" if urlsplit(src).scheme in ("http", "https") else ""))
+                    for src, _, ok in v["images"]]
+    failed_images = {url for _, url, ok in v["images"] if not ok}
+    facts.hrefs, facts.ids = v["hrefs"], set(v["ids"])
+    urls: dict[str, str] = {}
+    for ev in browser.events:
+        m, p = ev["method"], ev.get("params", {})
+        if m == "Network.requestWillBeSent":
+            url = p["request"]["url"]
+            urls[p["requestId"]] = url
+            if urlsplit(url).scheme in ("http", "https", "ws", "wss"):
+                facts.external.append(url)
+        elif m == "Network.loadingFailed":
+            url = urls.get(p.get("requestId"), "?")
+            if urlsplit(url).scheme == "file" and url not in failed_images:  # images are said once, above
+                facts.failed.append(f"{url} ({p.get('errorText')})")
+        elif m == "Runtime.exceptionThrown":
+            d = p.get("exceptionDetails", {})
+            facts.js_errors.append((d.get("exception") or {}).get("description") or d.get("text") or "?")
+    if facts.untypeset_math and not v["mathjax"]:
+        facts.math_errors.append("MathJax did not load, so nothing was typeset")
+    return facts
+
+
+# ---------------------------------------------------------------- the rules
+def _snippet(text: str, m: re.Match) -> str:
+    s = text[max(0, m.start() - 30): m.end() + 30]
+    return " ".join(s.split())
+
+
+def _target(root: Path, page: Path, href: str) -> tuple[Path | None, str, str]:
+    """(target file or None when not local, fragment, problem with the path itself)."""
+    parts = urlsplit(href)
+    if parts.scheme not in ("", "file") or parts.netloc:
+        return None, "", ""
+    frag = unquote(parts.fragment)
+    if not parts.path:
+        return page, frag, ""
+    path = Path(url2pathname(unquote(parts.path)))
+    target = (path if parts.scheme == "file" else page.parent / path).resolve()
+    if target.is_dir():
+        target = target / "index.html"
+    if not target.is_relative_to(root):
+        return target, frag, "points outside the built book"
+    if not target.exists():
+        return target, frag, "target file missing"
+    return target, frag, ""
+
+
+def problems(facts: list[PageFacts], root: Path) -> list[str]:
+    """One line per problem found in the pages' facts."""
+    root = Path(root).resolve()
+    ids = {f.page.resolve(): f.ids for f in facts}
+    out: list[str] = []
+    for f in facts:
+        where = f.page.resolve().relative_to(root).as_posix() if f.page.resolve().is_relative_to(root) else str(f.page)
+        if f.load_error:
+            out.append(f"{where}: page did not load: {f.load_error}")
+            continue
+        raw = [_snippet(t, m) for t in f.texts if (m := RAW_TEX.search(t))]
+        for snippet in raw[:MAX_RAW]:
+            out.append(f"{where}: raw TeX in the rendered text: {snippet!r}")
+        if len(raw) > MAX_RAW:
+            out.append(f"{where}: ... and {len(raw) - MAX_RAW} more text passages with raw TeX")
+        if f.untypeset_math:
+            out.append(f"{where}: {f.untypeset_math} maths not typeset by MathJax")
+        for e in f.math_errors:
+            out.append(f"{where}: maths error: {e}")
+        for src, ok, why in f.images:
+            if not ok:
+                out.append(f"{where}: image {src!r}: {why}")
+        image_urls = {src for src, ok, _ in f.images if not ok}
+        for url in f.external:
+            if url in image_urls:
+                continue  # already said as a failed image
+            out.append(f"{where}: network request (the book must render offline): {url}")
+        for url in f.failed:
+            out.append(f"{where}: resource failed to load: {url}")
+        for e in f.js_errors:
+            out.append(f"{where}: script error: {e.splitlines()[0] if e else e}")
+        for href in dict.fromkeys(f.hrefs):
+            target, frag, why = _target(root, f.page.resolve(), href)
+            if target is None:
+                continue
+            if why:
+                out.append(f"{where}: broken link {href!r}: {why}")
+                continue
+            if frag and target.suffix == ".html":
+                known = ids.get(target)
+                if known is None:
+                    known = static_facts(target).ids
+                    ids[target] = known
+                if frag not in known:
+                    out.append(f"{where}: broken link {href!r}: no element with id {frag!r} in "
+                               f"{target.relative_to(root).as_posix()}")
+    return out
+
+
+def collect(root: Path, static: bool = False, chromium: str | None = None, progress=None) -> list[PageFacts]:
+    """The facts of every page under root, from Chromium (default) or from the HTML files (static)."""
+    root = Path(root).resolve()
+    if not (root / "index.html").is_file():
+        raise FileNotFoundError(f"{root} has no index.html: build the book first (make book)")
+    pages = find_pages(root)
+    if static:
+        return [static_facts(p) for p in pages]
+    exe = chromium or find_chromium()
+    if not exe:
+        raise FileNotFoundError("no Chromium found (apt-get install chromium, or set CHROMIUM=/path/to/it); "
+                                "--static checks without a browser")
+    facts = []
+    with Chromium(exe) as browser:
+        for i, p in enumerate(pages, 1):
+            if progress:
+                progress(f"[{i}/{len(pages)}] {p.relative_to(root).as_posix()}")
+            facts.append(browser_facts(browser, p))
+    return facts
+
+
+def check(root: Path, static: bool = False, chromium: str | None = None, progress=None) -> list[str]:
+    """Check every page under root; returns one line per problem."""
+    return problems(collect(root, static, chromium, progress), root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m collapse_utils.htmlcheck", description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path, help="the built HTML folder, e.g. _build/html")
+    ap.add_argument("--static", action="store_true", help="no browser: parse the HTML files only")
+    ap.add_argument("--chromium", help="the Chromium executable (default: $CHROMIUM, else chromium on PATH)")
+    ap.add_argument("--ignore", action="append", default=[], metavar="REGEX",
+                    help="drop problem lines matching REGEX (repeatable), for a known upstream fault")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    a = ap.parse_args(argv)
+    say = None if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        ignore = [re.compile(r) for r in a.ignore]
+    except re.error as e:
+        print(f"htmlcheck: bad --ignore pattern: {e}", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    try:
+        facts = collect(a.root, static=a.static, chromium=a.chromium, progress=say)
+        found = problems(facts, a.root)
+    except (FileNotFoundError, BrowserError) as e:
+        print(f"htmlcheck: {e}", file=sys.stderr)
+        return 2
+    dropped = [x for x in found if any(r.search(x) for r in ignore)]
+    found = [x for x in found if x not in dropped]
+    for line in found:
+        print(line)
+    how = "parsed" if a.static else "opened in Chromium"
+    maths = "" if a.static else f"{sum(f.typeset_math for f in facts)} maths typeset, "
+    print(f"htmlcheck: {len(facts)} pages {how} in {time.monotonic() - t0:.1f}s ({maths}"
+          f"{sum(len(f.images) for f in facts)} images, {sum(len(set(f.hrefs)) for f in facts)} links), "
+          f"{len(found)} problems"
+          + (f" ({len(dropped)} ignored)" if dropped else ""), file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
