@@ -260,7 +260,7 @@ def run_recursion(
         newest readable checkpoint of the same run is resumed (an unreadable one is named in a
         warning, removed, and the one before it used), one written by another version of the
         experiment's code or with another torch thread count is recomputed (with a warning), and one
-        of a different run (experiment, regime, seed, data size) is refused.
+        written by this code for a different run (experiment, regime, seed, data size) is refused.
     keep_models: keep fitted models in memory (True for all, or an iterable of generations).
     columns: constant extra columns for the tidy table (the varied parameters).
     """
@@ -314,8 +314,10 @@ def run_recursion(
     resumed_from = None
     state = ckpts.load_newest() if ckpts is not None and resume else None
     if state is not None:
-        stale = state.get("version") != CHECKPOINT_VERSION or (
-            state.get("fingerprint") == fingerprint and state.get("code") != code)
+        # written by other code (or threads): out of date whatever run it was -- a chapter rerun after an
+        # update may even have changed which run lives in this folder; only the same code's checkpoint
+        # of another run is a mistake worth refusing
+        stale = state.get("version") != CHECKPOINT_VERSION or state.get("code") != code
         if not stale and state.get("fingerprint") != fingerprint:
             raise RuntimeError(
                 f"checkpoint {ckpts.folder / state['_file']} belongs to a different run (experiment, regime, seed "

@@ -133,6 +133,14 @@ def test_checkpoint_written_by_other_code_is_recomputed_not_resumed(tmp_path, mo
         res = run_recursion(again, real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False)
     assert res.resumed_from is None and again.fits == list(range(5))
     pd.testing.assert_frame_equal(res.metrics, first.metrics)
+    # other code and another run in the same folder (a chapter that changed its seeds): recomputed too
+    monkeypatch.setattr(engine, "_code_version", lambda cls: "edited again")
+    with pytest.warns(UserWarning, match="another version of the code"):
+        other = run_recursion(Scalar(), real(), 4, seed=9, checkpoint_dir=tmp_path, progress=False)
+    assert other.resumed_from is None
+    monkeypatch.setattr(engine, "_code_version", lambda cls: "edited")
+    with pytest.warns(UserWarning, match="another version of the code"):
+        run_recursion(Scalar(), real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False)
     # the replaced checkpoint now belongs to the new code: the next call resumes without fitting
     third = Scalar()
     assert run_recursion(third, real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False).resumed_from == 5
