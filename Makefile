@@ -18,7 +18,8 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 else
 TORCH_INDEX ?=
 endif
-TORCH_PIP := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(strip $(TORCH_INDEX)))
+# --retries 1: where the extra index cannot be reached pip falls back at once, not after 5 retries per package
+TORCH_PIP := $(if $(strip $(TORCH_INDEX)),--extra-index-url $(strip $(TORCH_INDEX)) --retries 1)
 # datasets: an explicit COLLAPSE_DATA_DIR wins; else a sibling ../shared/data if present; else data/cache
 ifeq ($(origin COLLAPSE_DATA_DIR), undefined)
 ifneq ($(wildcard ../shared/data/mnist),)
