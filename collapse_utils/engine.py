@@ -95,6 +95,15 @@ class GenerationContext:
     def int_seed(self, stream: str = "fit") -> int:
         return derive_seed(self.seed, self.generation, stream)
 
+    def next_regime_rng(self) -> np.random.Generator:
+        """The generator the regime composes the *next* generation's training set with (its draw of kept
+        real samples can be known in advance with ``Regime.kept_real_indices``)."""
+        return _regime_rng(self.seed, self.generation + 1)
+
+
+def _regime_rng(seed: int, generation: int) -> np.random.Generator:
+    return make_rng(seed, generation, "regime")
+
 
 @dataclass
 class RecursionResult:
@@ -387,7 +396,7 @@ def run_recursion(
         if g < generations:
             n_next = size_of(g + 1)
             synthetic = experiment.sample(model, regime.n_synthetic(n_next), ctx)
-            comp = regime.compose(real, comp, synthetic, n_next, make_rng(seed, g + 1, "regime"), batched)
+            comp = regime.compose(real, comp, synthetic, n_next, _regime_rng(seed, g + 1), batched)
             if (g + 1 - start) % checkpoint_every == 0:
                 save(g + 1)
         else:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .engine import Experiment, GenerationContext, source_hash
+from .regimes import Regime, parse_regime
 from .lm_data import LMData, diversity, load_tokenizer, prepare_lm_data
 from .lm_train import (
     FitInfo,
@@ -45,11 +46,13 @@ from .lm_train import (
     tiny_opt_config,
 )
 
-__all__ = ["EXPERIMENT", "LOCAL_MODEL", "Base", "FittedLM", "LMCollapse", "prepare_base", "prepare_data"]
+__all__ = ["EXPERIMENT", "LOCAL_MODEL", "PROMPT_SOURCES", "Base", "FittedLM", "LMCollapse", "prepare_base", "prepare_data"]
 
 LOCAL_MODEL = "local-opt"
 PRUNE_BYTES = 100 * 2**20  # fitted models larger than this are deleted once no longer needed
 EXPERIMENT = "opt_wikitext2"
+#: where the prompts of each generation's beam search come from (see LMCollapse.prompts_for)
+PROMPT_SOURCES = ("original", "chained")
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,6 +66,7 @@ def prepare_data(p: dict, data_path=None, cache=None) -> LMData:
         vocab_size=p["vocab_size"], block_size=p["block_size"], train_blocks=p["train_blocks"],
         base_blocks=p["base_blocks"] if local else 0, valid_blocks=p["valid_blocks"], test_blocks=p["test_blocks"],
         holdout=local, drop_headings=p["drop_headings"], data_path=data_path, cache=cache,
+        tokenize=p.get("tokenize", "lines"),
     )
 
 
@@ -186,7 +190,11 @@ class LMCollapse(Experiment):
 
     def __init__(self, base: Base, data: LMData, epochs: int, lr: float, batch_size: int, num_beams: int,
                  repetition_penalty: float, gen_batch_size: int, n_diversity: int, prompt_index: int,
-                 model_dir: str | os.PathLike, progress: bool = False, patience: int = 0):
+                 model_dir: str | os.PathLike, progress: bool = False, patience: int = 0,
+                 prompts: str = "original", regime: str | Regime = "replace"):
+        if prompts not in PROMPT_SOURCES:
+            raise ValueError(f"prompts must be one of {PROMPT_SOURCES}, got {prompts!r}")
+        self.prompts, self.regime = prompts, parse_regime(regime)
         self.base, self.data = base, data
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.num_beams, self.repetition_penalty = int(num_beams), float(repetition_penalty)
@@ -246,8 +254,26 @@ class LMCollapse(Experiment):
         return FittedLM(str(out), ctx.generation, info)
 
     def prompts_for(self, n: int, ctx: GenerationContext) -> torch.Tensor:
-        """The training blocks whose continuations form the next data: all of them, or a random
-        ``n`` of them (in their order) when part of the next training set is real data."""
+        """The blocks whose continuations form the next generation's synthetic data (``n`` of them).
+
+        ``prompts='original'`` (the paper): the model goes through the *original* training blocks and
+        continues each, so that a model without error would reproduce the original data.  When the next
+        training set keeps a share of the original blocks (``keep_real``), the model continues exactly the
+        other ones -- the regime's draw of kept blocks is known in advance
+        (:meth:`~collapse_utils.regimes.Regime.kept_real_indices` with the generator it will use).
+        ``prompts='chained'`` (a comparison): the model continues the blocks it was itself trained on --
+        the previous generation's continuations -- all of them or a random ``n`` (in their order).
+        """
+        if self.prompts == "original":
+            train = self.data.train
+            if n >= len(train):
+                return train
+            if self.regime.name == "keep_real" and self.regime.n_synthetic(len(train)) == n:
+                kept = self.regime.kept_real_indices(len(train), len(train), ctx.next_regime_rng())
+                idx = np.setdiff1d(np.arange(len(train)), kept)
+            else:
+                idx = np.sort(ctx.rng("sample").choice(len(train), size=n, replace=False))
+            return train[torch.as_tensor(idx)]
         train = self._train
         if n >= len(train):
             return train

@@ -12,8 +12,17 @@ Two dataset configurations exist (the chapter says which one a run used):
                        splits from local files through the data registry.  The offline presets use
                        it, with a byte-level BPE tokenizer trained on its training split.
 
-Either way each split is tokenised line by line (no special tokens), concatenated, and cut into
-exact ``block_size``-token blocks (the remainder is dropped).  Blocks never cross a split, and the
+How lines become tokens (``tokenize``):
+
+``lines``   every non-blank line tokenised without special tokens, the ids concatenated (the local
+            presets: no ``</s>`` markers, which beam search with a fixed length can never produce).
+``hf_clm``  what Hugging Face's causal-LM fine-tuning recipe (``run_clm.py``) does: every row of the
+            dataset -- one per line of the file, a blank line an empty row -- goes through
+            ``tokenizer(rows)`` with the tokenizer's special tokens; OPT's tokenizer puts ``</s>`` in
+            front of every row, so a blank row is a lone ``</s>``; the ids are concatenated (the
+            recipe's ``group_texts``).  The paper preset.
+
+Either way the ids are cut into exact ``block_size``-token blocks (the remainder is dropped).  Blocks never cross a split, and the
 part of the training split used to pretrain the local base model is disjoint from the part the
 recursion trains on (:func:`select_blocks`).
 """
@@ -36,13 +45,17 @@ from .storage import atomic_write_bytes, read_cache
 __all__ = [
     "DATA_CONFIGS",
     "SPLITS",
+    "TOKENIZE_MODES",
     "LMData",
     "diversity",
     "encode_lines",
     "evenly_spaced",
+    "file_rows",
     "load_lines",
+    "load_rows",
     "load_tokenizer",
     "make_blocks",
+    "opt_style_tokenizer",
     "prepare_lm_data",
     "select_blocks",
     "train_bpe_tokenizer",
@@ -82,8 +95,23 @@ def drop_heading_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if not is_heading(line)]
 
 
+#: how lines become tokens (see the module docstring)
+TOKENIZE_MODES = ("lines", "hf_clm")
+
+
+def file_rows(lines) -> list[str]:
+    """Hugging Face ``wikitext`` rows from the lines of an original file: one row per line with its
+    newline, a blank line (``" \n"``) an empty row -- the inverse of :func:`collapse_utils.data.rows_to_text`."""
+    return [line if line.strip() else "" for line in lines]
+
+
 def load_lines(config: str, split: str, path: str | os.PathLike | None = None) -> list[str]:
-    """The non-blank lines of one split of WikiText-2 in the given configuration.
+    """The non-blank lines of one split of WikiText-2 in the given configuration."""
+    return _clean(load_rows(config, split, path))
+
+
+def load_rows(config: str, split: str, path: str | os.PathLike | None = None) -> list[str]:
+    """Every row of one split of WikiText-2 as Hugging Face ``datasets`` has it (blank lines as empty rows).
 
     ``wikitext-2-v1`` comes from the registry's verified local files (chapter 04's input check
     downloads them first where a network exists).  ``wikitext-2-raw-v1`` comes from local files when
@@ -94,19 +122,19 @@ def load_lines(config: str, split: str, path: str | os.PathLike | None = None) -
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if config == "wikitext-2-v1":
         f = dataset_file("wikitext-2", f"wiki.{split}.tokens", path)
-        return _clean(f.read_text(encoding="utf-8").splitlines(keepends=True))
+        return file_rows(f.read_text(encoding="utf-8").splitlines(keepends=True))
     if config == "wikitext-2-raw-v1":
         try:
             # local files, else the registry's sources (Hugging Face datasets first) into the verified cache
             f = dataset_file("wikitext-2-raw", f"wiki.{split}.raw", path, download=True)
-            return _clean(f.read_text(encoding="utf-8").splitlines(keepends=True))
+            return file_rows(f.read_text(encoding="utf-8").splitlines(keepends=True))
         except DataError as local_err:
             try:
                 import datasets  # noqa: F401
                 from datasets import load_dataset
 
                 ds = load_dataset("wikitext", "wikitext-2-raw-v1", split=_HF_SPLIT[split])
-                return _clean(ds["text"])
+                return list(ds["text"])
             except Exception as exc:  # no network, no datasets, hub error
                 raise DataError(
                     f"wikitext-2-raw-v1 split {split!r} is not available: not found locally ({local_err}) "
@@ -139,8 +167,40 @@ def train_bpe_tokenizer(lines: list[str], vocab_size: int, save_dir: str | os.Pa
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(lines, trainer)
+    # like OPT's tokenizer: with special tokens (the hf_clm recipe) every text starts with </s>
+    from tokenizers import processors
+
+    eos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                       special_tokens=[("</s>", eos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>",
                                    pad_token="<pad>", unk_token="<unk>")
+    if save_dir is not None:
+        fast.save_pretrained(str(save_dir))
+    return fast
+
+
+def opt_style_tokenizer(vocab_json: str | os.PathLike, merges_txt: str | os.PathLike, save_dir=None):
+    """An offline stand-in for OPT's tokenizer from GPT-2's BPE files (``vocab.json``, ``merges.txt``):
+    the same byte-level BPE, OPT's special-token layout (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2 = bos = eos,
+    ``<unk>`` 3; the GPT-2 ids moved up by four) and, like OPT's, ``</s>`` in front of every text
+    tokenised with special tokens.  For tests and benchmarks where the hub cannot be reached."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    gpt2 = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({t: i + len(SPECIAL_TOKENS) for t, i in gpt2.items()})
+    merges = [tuple(line.split(" ")) for line in Path(merges_txt).read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#version")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                       special_tokens=[("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
     if save_dir is not None:
         fast.save_pretrained(str(save_dir))
     return fast
@@ -153,11 +213,12 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(name_or_path))
 
 
-def encode_lines(tokenizer, lines: list[str], chunk: int = 4096) -> np.ndarray:
-    """Token ids of the lines, concatenated in order (no special tokens), as int32."""
+def encode_lines(tokenizer, lines: list[str], chunk: int = 4096, special_tokens: bool = False) -> np.ndarray:
+    """Token ids of the lines, concatenated in order, as int32 (with ``special_tokens``: each line
+    through ``tokenizer(...)`` as it is by default, e.g. ``</s>`` in front for OPT's tokenizer)."""
     ids: list[int] = []
     for i in range(0, len(lines), chunk):
-        enc = tokenizer(lines[i:i + chunk], add_special_tokens=False)["input_ids"]
+        enc = tokenizer(lines[i:i + chunk], add_special_tokens=special_tokens)["input_ids"]
         for row in enc:
             ids.extend(row)
     return np.asarray(ids, dtype=np.int32)
@@ -221,7 +282,11 @@ class LMData:
             f"dataset configuration **{self.config}** ({i.get('source', '')})"
             + ("; section-heading lines removed" if i.get("drop_headings") else "; all lines kept")
             + f"; tokenizer: {i.get('tokenizer', '')}; "
-            f"{self.block_size}-token blocks: train split {i['train_blocks_total']:,} blocks "
+            + ("every row tokenised with the tokenizer's special tokens as in Hugging Face's causal-LM recipe "
+               f"(blank rows included; {i.get('eos_tokens', {}).get('train', 0):,} `</s>` tokens in the training split); "
+               if i.get("tokenize") == "hf_clm" else
+               "non-blank lines tokenised without special tokens (no `</s>` between lines); ")
+            + f"{self.block_size}-token blocks: train split {i['train_blocks_total']:,} blocks "
             f"({i['train_tokens']:,} tokens), of which {len(self.train):,} form the recursion's real training set"
             + (f" and {len(self.base):,} (from the other half of the split) pretrain the base model" if len(self.base)
                else "")
@@ -234,21 +299,34 @@ def _fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _folder_key(name: str) -> list[str]:
+    """A local tokenizer folder's identity for cache keys: its files' names and contents."""
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return []
+    return [f"{f.name}:{hashlib.sha256(f.read_bytes()).hexdigest()[:16]}" for f in sorted(folder.glob("*"))
+            if f.is_file() and ("token" in f.name or f.suffix in (".json", ".txt", ".model"))]
+
+
 def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_headings: bool = False,
-                      data_path=None, cache=None):
+                      data_path=None, cache=None, tokenize: str = "lines"):
     """(tokenizer_path, {split: ids}, info) -- cached on disk, keyed by everything that matters."""
     from . import __version__
 
+    if tokenize not in TOKENIZE_MODES:
+        raise ValueError(f"tokenize must be one of {TOKENIZE_MODES}, got {tokenize!r}")
     if tokenizer_name == "local-bpe":
         if config != "wikitext-2-v1":
             raise ValueError("the local BPE tokenizer is trained on wikitext-2-v1; use data_config='wikitext-2-v1'")
         files = {s: dataset_file("wikitext-2", f"wiki.{s}.tokens", data_path) for s in SPLITS}
-        key = _fingerprint(["bpe", config, vocab_size, drop_headings, __version__,
+        key = _fingerprint(["bpe", config, vocab_size, drop_headings, tokenize, __version__,
                            *[str(f.stat().st_size) for f in files.values()]])
     else:
-        key = _fingerprint(["hub", config, tokenizer_name, drop_headings, __version__])
+        key = _fingerprint(["hub", config, tokenizer_name, drop_headings, tokenize, __version__,
+                            *_folder_key(tokenizer_name), str(data_path or "")])
     root = Path(cache) if cache is not None else cache_dir() / "lm"
-    folder = root / f"{config}-{tokenizer_name.replace('/', '--')}-{vocab_size if tokenizer_name == 'local-bpe' else 'x'}-{key}"
+    name = Path(tokenizer_name).name if Path(tokenizer_name).expanduser().is_dir() else tokenizer_name
+    folder = root / f"{config}-{name.replace('/', '--')}-{vocab_size if tokenizer_name == 'local-bpe' else 'x'}-{key}"
     done = folder / "done.json"
 
     def load(path: Path):
@@ -261,24 +339,29 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
     if hit is not None:
         return hit
     folder.mkdir(parents=True, exist_ok=True)
-    lines = {s: load_lines(config, s, data_path) for s in SPLITS}
+    rows = {s: load_rows(config, s, data_path) for s in SPLITS}
     if drop_headings:
-        lines = {s: drop_heading_lines(v) for s, v in lines.items()}
+        rows = {s: drop_heading_lines(v) for s, v in rows.items()}
+    # lines: the non-blank rows; hf_clm: every row, blank ones included (a lone </s> each)
+    texts = rows if tokenize == "hf_clm" else {s: _clean(v) for s, v in rows.items()}
     if tokenizer_name == "local-bpe":
-        tok = train_bpe_tokenizer(lines["train"], vocab_size, folder / "tokenizer")
+        tok = train_bpe_tokenizer(_clean(rows["train"]), vocab_size, folder / "tokenizer")
         tok_path = str(folder / "tokenizer")
         tok_desc = f"byte-level BPE with {len(tok)} tokens trained on the WikiText-2 training split"
     else:
         tok = load_tokenizer(tokenizer_name)
         tok_path = tokenizer_name
         tok_desc = f"{tokenizer_name} ({len(tok)} tokens)"
-    ids = {s: encode_lines(tok, lines[s]) for s in SPLITS}
+    ids = {s: encode_lines(tok, texts[s], special_tokens=tokenize == "hf_clm") for s in SPLITS}
     for s in SPLITS:
         np.save(folder / f"{s}.npy", ids[s])
     source = ("local verified files (registry 'wikitext-2')" if config == "wikitext-2-v1"
               else "local files or Hugging Face datasets 'wikitext'/'wikitext-2-raw-v1'")
+    eos = tok.convert_tokens_to_ids("</s>") if "</s>" in tok.get_vocab() else None
     info = {"source": source, "tokenizer": tok_desc, "drop_headings": bool(drop_headings), "vocab_size": len(tok),
-            **{f"{s}_lines": len(lines[s]) for s in SPLITS}, **{f"{s}_tokens": len(ids[s]) for s in SPLITS}}
+            "tokenize": tokenize, "eos_tokens": {s: int((ids[s] == eos).sum()) if eos is not None else 0
+                                                 for s in SPLITS},
+            **{f"{s}_lines": len(texts[s]) for s in SPLITS}, **{f"{s}_tokens": len(ids[s]) for s in SPLITS}}
     atomic_write_bytes(done, json.dumps(info, indent=1).encode())
     return tok_path, ids, info
 
@@ -286,13 +369,15 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
 def prepare_lm_data(data_config: str = "wikitext-2-v1", tokenizer: str = "local-bpe", vocab_size: int = 4096,
                     block_size: int = 64, train_blocks: int = 0, base_blocks: int = 0, valid_blocks: int = 0,
                     test_blocks: int = 0, holdout: bool = True, drop_headings: bool = False, data_path=None,
-                    cache=None) -> LMData:
+                    cache=None, tokenize: str = "lines") -> LMData:
     """Load, tokenise and block WikiText-2; pick the (evenly spaced) subsets a run uses.
 
     ``train_blocks`` etc. = 0 means the whole split (the recursion pool when ``holdout``);
-    ``drop_headings`` removes WikiText's section-heading lines (``= = Title = =``) from every split.
+    ``drop_headings`` removes WikiText's section-heading lines (``= = Title = =``) from every split;
+    ``tokenize`` is ``'lines'`` or ``'hf_clm'`` (see the module docstring).
     """
-    tok_path, ids, info = _tokenized_splits(data_config, tokenizer, vocab_size, drop_headings, data_path, cache)
+    tok_path, ids, info = _tokenized_splits(data_config, tokenizer, vocab_size, drop_headings, data_path, cache,
+                                            tokenize)
     blocks = {s: make_blocks(ids[s], block_size) for s in SPLITS}
     rec_idx, base_idx = select_blocks(blocks["train"], train_blocks, base_blocks, holdout)
     info = dict(info)

@@ -129,6 +129,16 @@ class Regime:
         """How many samples the model must generate for a training set of n_target."""
         return n_target - self.n_real_kept(n_target)
 
+    def kept_real_indices(self, n_real: int, n_target: int, rng: np.random.Generator,
+                          n_seeds: int | None = None) -> np.ndarray:
+        """keep_real: which original samples the next training set keeps, drawn with ``rng`` exactly as
+        :meth:`compose` draws them (an experiment that wants to know them in advance -- e.g. to continue
+        the *other* original samples -- calls this with the generator compose will get)."""
+        k = self.n_real_kept(n_target)
+        if k > n_real:
+            raise ValueError(f"keep_real needs {k} real samples but only {n_real} exist")
+        return _choice(rng, n_real, k, n_seeds)
+
     # -- composition ---------------------------------------------------------
     def start(self, real: Any, batched: bool = False) -> Composition:
         """Generation 0: the real data."""
@@ -155,10 +165,7 @@ class Regime:
             return Composition(synthetic, 0, n_syn)
         if self.name == "keep_real":
             k = self.n_real_kept(n_target)
-            n_real_avail = _n(real, batched)
-            if k > n_real_avail:
-                raise ValueError(f"keep_real needs {k} real samples but only {n_real_avail} exist")
-            idx = _choice(rng, n_real_avail, k, seeds)
+            idx = self.kept_real_indices(_n(real, batched), n_target, rng, seeds)
             return Composition(_cat([_take(real, idx, batched), synthetic], batched), k, n_syn)
         pool = _cat([previous.pool, synthetic], batched)
         n_pool, n_real_pool = _n(pool, batched), previous.pool_real

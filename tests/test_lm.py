@@ -36,8 +36,9 @@ def tiny(tmp_path_factory):
     return data, base, root
 
 
-def _experiment(data, base, model_dir, epochs=1, penalty=3.0, n_div=None):
-    return lm.LMCollapse(base, data, epochs, 3e-4, 8, 2, penalty, 16, n_div or len(data.train), 0, model_dir)
+def _experiment(data, base, model_dir, epochs=1, penalty=3.0, n_div=None, prompts="original", regime="replace"):
+    return lm.LMCollapse(base, data, epochs, 3e-4, 8, 2, penalty, 16, n_div or len(data.train), 0, model_dir,
+                         prompts=prompts, regime=regime)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def test_offline_by_name_path_loads_a_saved_opt(tiny, tmp_path):
 def test_keep_real_bookkeeping(tiny, tmp_path):
     data, base, _ = tiny
     n = len(data.train)
-    exp = _experiment(data, base, tmp_path / "models", n_div=n - round(0.1 * n))
+    exp = _experiment(data, base, tmp_path / "models", n_div=n - round(0.1 * n), regime="keep_real(0.1)")
     res = run_recursion(exp, data.train, 2, "keep_real(0.1)", seed=3, progress=False,
                         checkpoint_dir=tmp_path / "ckpt")
     book = res.bookkeeping
@@ -182,6 +183,30 @@ def test_keep_real_bookkeeping(tiny, tmp_path):
     assert comp.data.shape == (n, 64)
     # per-sequence perplexities of the generated part only, for every generation
     assert [len(exp.state["per_seq"][g]) for g in range(3)] == [n, n - k, n - k]
+    # original prompts: generation 1's model continued exactly the original blocks that generation 2 does not keep
+    from collapse_utils.engine import GenerationContext
+
+    index = {tuple(r): i for i, r in enumerate(data.train.tolist())}
+    kept = {index[tuple(r)] for r in comp.data[:k].tolist()}
+    prompts = exp.prompts_for(n - k, GenerationContext(seed=3, generation=1))
+    continued = {index[tuple(r)] for r in prompts.tolist()}
+    assert len(kept) == k and len(continued) == n - k and kept.isdisjoint(continued)
+    assert kept | continued == set(range(n))
+
+
+def test_original_prompts_are_original_blocks_and_chained_ones_are_not(tiny, tmp_path):
+    data, base, _ = tiny
+    real_rows = {tuple(r) for r in data.train.tolist()}
+    for prompts, from_real in (("original", True), ("chained", False)):
+        exp = _experiment(data, base, tmp_path / f"models-{prompts}", prompts=prompts)
+        run_recursion(exp, data.train, 1, "replace", seed=4, progress=False)
+        from collapse_utils.engine import GenerationContext
+
+        got = exp.prompts_for(len(data.train), GenerationContext(seed=4, generation=1))
+        share = np.mean([tuple(r) in real_rows for r in got.tolist()])
+        assert share == (1.0 if from_real else 0.0), prompts
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        _experiment(data, base, tmp_path / "x", prompts="synthetic")
 
 
 def test_recursion_is_deterministic_under_a_seed_and_resumes(tiny, tmp_path):
@@ -239,8 +264,14 @@ def test_bad_parameters_give_one_error_listing_all():
     assert "seeds" in msg and "data_config" in msg and "keep_fraction" in msg
     with pytest.raises(ParamError, match="divisible"):
         ch.validate_params({**TINY, "num_heads": 3})
-    with pytest.raises(ParamError, match="ablation_seeds"):
-        ch.validate_params({**TINY, "ablation_seeds": 5})
+    with pytest.raises(ParamError, match="comparison_seeds"):
+        ch.validate_params({**TINY, "comparison_seeds": 5})
+    with pytest.raises(ParamError, match="ablation_penalties"):
+        ch.validate_params({**TINY, "ablation_penalties": [1.0, 1.0]})
+    with pytest.raises(ParamError, match="prompts"):
+        ch.validate_params({**TINY, "prompts": "synthetic"})
+    with pytest.raises(ParamError, match="tokenize"):
+        ch.validate_params({**TINY, "tokenize": "words"})
     with pytest.raises(ParamError, match="wikitext-2-v1"):
         ch.validate_params({**TINY, "data_config": "wikitext-2-raw-v1"})
 
@@ -249,7 +280,10 @@ def test_paper_preset_is_the_paper():
     p = load_preset("paper", "04")
     assert p["model_name"] == "facebook/opt-125m" and p["data_config"] == "wikitext-2-raw-v1"
     assert (p["lr"], p["batch_size"], p["num_beams"], p["block_size"]) == (2e-5, 128, 5, 64)
-    assert (p["epochs_a"], p["epochs_b"], p["keep_fraction"], p["repetition_penalty"]) == (5, 10, 0.1, 3.0)
+    # the paper's text: plain beam search; the paper's ablation: none vs 2.0; original-block prompts; HF's recipe
+    assert (p["epochs_a"], p["epochs_b"], p["keep_fraction"], p["repetition_penalty"]) == (5, 10, 0.1, 1.0)
+    assert (p["ablation_penalties"], p["prompts"], p["tokenize"]) == ([1.0, 2.0], "original", "hf_clm")
+    assert ch.comparison_settings(p) == ["prompts", "penalty-2"]
     assert (p["seeds"], p["generations"], p["train_blocks"]) == (5, 9, 0)
     assert ch.setting_spec(p, "b")["regime"] == "keep_real(0.1)"
 
@@ -291,7 +325,62 @@ def test_chapter_04_smoke_run(smoke_chapter, read_executed, results_tmp):
     run = results_tmp / "04_language_models" / "smoke"
     m = pd.read_csv(run / "metrics.csv")
     assert {"experiment", "regime", "seed", "generation", "metric", "value", "setting"} <= set(m.columns)
-    assert set(m.setting) == {"a", "b", "ablation"} and set(m.regime) == {"replace", "keep_real(0.1)"}
+    assert set(m.setting) == {"a", "b", "prompts", "penalty-1"} and set(m.regime) == {"replace", "keep_real(0.1)"}
+    assert set(m.loc[m.setting == "prompts", "prompts"]) == {"chained"} and set(m.loc[m.setting == "a", "prompts"]) == {
+        "original"}
     assert (run / "per_sequence_perplexity.csv").exists() and (run / "continuations.csv").exists()
     assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper preset's path: wikitext-2-raw-v1, Hugging Face's tokenisation recipe, a model loaded by path
+# ---------------------------------------------------------------------------------------------
+def test_raw_wikitext_with_the_hf_recipe_and_an_opt_saved_by_save_pretrained(tmp_path, monkeypatch):
+    """The calls the paper preset makes by name, offline: the raw validation and test splits from their verified
+    local files, the raw training split through Hugging Face ``datasets`` (replaced here by a small raw split cut
+    from the test file -- the raw training split is not available offline), an OPT-style tokenizer and a tiny OPT
+    written by ``save_pretrained`` into one folder and loaded by path, tokenised by the recipe, one generation."""
+    from collapse_utils.data import dataset_file
+
+    test_file = dataset_file("wikitext-2-raw", "wiki.test.raw")
+    lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    rows = lm_data.file_rows(lines)
+    stand_in = {"train": rows[:600]}
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        assert (path, config) == ("wikitext", "wikitext-2-raw-v1")
+        return {"text": stand_in[split]}
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    folder = tmp_path / "opt-tiny"
+    tok = lm_data.opt_style_tokenizer(dataset_file("gpt2-bpe", "vocab.json"), dataset_file("gpt2-bpe", "merges.txt"),
+                                      folder)
+    lm_train.new_local_model(lm_train.tiny_opt_config(len(tok), 16, 1, 2), 11, folder, tok)
+    p = {**TINY, "model_name": str(folder), "data_config": "wikitext-2-raw-v1", "tokenize": "hf_clm",
+         "drop_headings": False, "train_blocks": 12, "valid_blocks": 4, "test_blocks": 6, "generations": 1,
+         "seeds": 1, "comparison_seeds": 0, "repetition_penalty": 1.0}
+    ch.validate_params(p)
+    data = lm.prepare_data(p, cache=tmp_path / "tokcache")
+    assert [c[2] for c in calls] == ["train"]  # validation and test came from the verified local files
+    # the recipe: every row through tokenizer(rows) with special tokens -- </s> before each, a blank row a lone </s>
+    ids = lm_data._tokenized_splits("wikitext-2-raw-v1", str(folder), 0, False, cache=tmp_path / "tokcache",
+                                    tokenize="hf_clm")[1]
+    expected = lm_data.encode_lines(tok, rows, special_tokens=True)
+    np.testing.assert_array_equal(ids["test"], expected)
+    assert int((ids["test"] == 2).sum()) == len(rows)  # one </s> per row of the file
+    assert data.info["eos_tokens"]["test"] == len(rows) and "causal-LM recipe" in data.describe()
+    plain = lm_data.encode_lines(tok, lm_data.load_lines("wikitext-2-raw-v1", "test"))
+    assert not (plain == 2).any() and len(plain) == len(ids["test"]) - len(rows)
+    # the model is loaded by path, like facebook/opt-125m by name; one generation of setting (a)
+    base = lm.prepare_base(p, data, tmp_path / "unused")
+    assert base.path == str(folder) and not base.info["local"]
+    res = ch.run_setting(p, data, base, "a", tmp_path / "run", progress=False)
+    w = res.metrics.pivot_table(index="generation", columns="metric", values="value")
+    assert list(w.index) == [0, 1] and np.isfinite(w["test_ppl"]).all()
+    cont = res.examples[res.examples.generation == 1].text.iloc[0]
+    assert "</s>" not in cont  # beam search with a fixed length never writes the end token

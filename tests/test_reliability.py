@@ -228,7 +228,7 @@ CATALOGUE = [
     ("unknown data regime", ["run", "02", "-p", "regimes=[keep_real(2)]"], {}, r"regimes: .*keep_real"),
     ("unknown regime/mode pair", ["run", "03", "-p", "conditions=['replace/stale']"], {}, r"conditions: .*stale"),
     ("conflicting: repeated conditions", ["run", "03", "-p", "conditions=['replace/fixed', 'replace/fixed']"], {}, r"conditions must not repeat"),
-    ("conflicting: more ablation seeds than seeds", ["run", "04", "-p", "ablation_seeds=3"], {}, r"ablation_seeds \(3\) cannot exceed seeds \(2\)"),
+    ("conflicting: more comparison seeds than seeds", ["run", "04", "-p", "comparison_seeds=4"], {}, r"comparison_seeds \(4\) cannot exceed seeds \(3\)"),
     ("conflicting: local model with the raw text", ["run", "04", "-p", "data_config=wikitext-2-raw-v1"], {}, r"set data_config='wikitext-2-v1'"),
     ("conflicting: heads do not divide the width", ["run", "04", "-p", "num_heads=3"], {}, r"hidden_size \(\d+\) must be divisible by num_heads \(3\)"),
     ("run name with a path in it", ["run", "01", "-p", "run_name=../elsewhere"], {}, r"run_name '../elsewhere' may contain only letters"),

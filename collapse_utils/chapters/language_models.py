@@ -10,6 +10,13 @@ Two settings, as in the paper:
 (a) ``epochs_a`` epochs, no original data kept (the engine's ``replace`` regime);
 (b) ``epochs_b`` epochs, a random ``keep_fraction`` of the original blocks kept each generation
     (``keep_real(keep_fraction)``).
+
+and two comparisons on the first ``comparison_seeds`` seeds of setting (a):
+
+``prompts``      setting (a) with the other prompt source (the paper continues the *original* blocks;
+                 "chained" continues the previous generation's text);
+``penalty-<x>``  setting (a) with repetition penalty ``x``, for every ``x`` of ``ablation_penalties``
+                 other than the main ``repetition_penalty`` (the paper's ablation: none vs 2.0).
 """
 from __future__ import annotations
 
@@ -25,8 +32,8 @@ import torch
 from ..claims import Claim, finite, judge
 from ..config import Checker
 from ..engine import run_recursion
-from ..lm import LOCAL_MODEL, Base, LMCollapse, prepare_base, prepare_data
-from ..lm_data import DATA_CONFIGS, LMData, load_tokenizer
+from ..lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
+from ..lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
 from ..plotting import finish, palette, regime_colors
 from ..regimes import parse_regime
 
@@ -41,7 +48,9 @@ __all__ = [
     "comparison_markdown",
     "continuations_markdown",
     "histogram_table",
-    "plot_ablation",
+    "plot_comparisons",
+    "penalty_choice_markdown",
+    "comparison_arms",
     "plot_diversity",
     "plot_ppl_histograms",
     "plot_test_perplexity",
@@ -49,17 +58,20 @@ __all__ = [
     "prepare_data",
     "run",
     "run_setting",
+    "run_settings",
+    "comparison_settings",
     "setting_spec",
     "test_perplexity_table",
     "training_table",
     "validate_params",
 ]
 
-SETTINGS = ("a", "b", "ablation")
+SETTINGS = ("a", "b")  # the main settings; comparison_settings(p) lists the comparisons
 SETTING_LABELS = {
     "a": "(a) {epochs} {ep}, no original data",
     "b": "(b) {epochs} {ep}, {pct:g}% original data kept",
-    "ablation": "(a) with repetition penalty {penalty:g}",
+    "prompts": "(a) with {prompts} prompts",
+    "penalty": "(a) with repetition penalty {penalty:g}",
 }
 # A run can only show collapse if fine-tuning on the real data moves the model at all: model 0's test
 # perplexity must differ from the base's by more than this share (the smoke preset's models barely learn).
@@ -86,7 +98,12 @@ def validate_params(p: dict) -> None:
     c.int("epochs_a", 1, 1000).int("epochs_b", 1, 1000).float("keep_fraction", 0.0, 1.0, open_lo=True, open_hi=True)
     c.float("lr", 0.0, 1.0, open_lo=True).int("batch_size", 1, 1 << 16).int("gen_batch_size", 1, 1 << 16)
     c.int("patience", 0, 1000).int("parallel_runs", 1, 64).int("threads_per_run", 1, 256)
-    c.float("ablation_penalty", 0.0, 100.0, open_lo=True).int("ablation_seeds", 0, 100)
+    c.choice("prompts", PROMPT_SOURCES).choice("tokenize", TOKENIZE_MODES)
+    c.int("comparison_seeds", 0, 100)
+    pens = p.get("ablation_penalties")
+    c.check(isinstance(pens, (list, tuple)) and len(pens) > 0 and len(set(pens)) == len(pens)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 100 for x in pens),
+            f"ablation_penalties must be a non-empty list of distinct numbers in (0, 100], got {pens!r}")
     c.ints("hist_generations", lo=0).int("prompt_index", 0)
     ok = not c.problems
     if ok:
@@ -98,9 +115,9 @@ def validate_params(p: dict) -> None:
                 f"hidden_size ({p['hidden_size']}) must be divisible by num_heads ({p['num_heads']})")
         c.check(not local or p["base_blocks"] >= 1, "a local OPT needs base_blocks >= 1 to pretrain its base")
         c.check(not local or p["base_epochs"] >= 1, "a local OPT needs base_epochs >= 1 to pretrain its base")
-        c.check(p["ablation_seeds"] <= p["seeds"],
-                f"ablation_seeds ({p['ablation_seeds']}) cannot exceed seeds ({p['seeds']}): the ablation "
-                "reuses the main run's seeds for its comparison")
+        c.check(p["comparison_seeds"] <= p["seeds"],
+                f"comparison_seeds ({p['comparison_seeds']}) cannot exceed seeds ({p['seeds']}): the comparisons "
+                "are set beside setting (a) on the same seeds")
         c.check(p["train_blocks"] == 0 or round(p["keep_fraction"] * p["train_blocks"]) >= 1,
                 f"keep_fraction {p['keep_fraction']} of {p['train_blocks']} training blocks keeps no real block")
         c.check(p["test_blocks"] == 0 or p["prompt_index"] < p["test_blocks"],
@@ -155,27 +172,44 @@ def check_inputs(p: dict) -> None:
                 "variables, or pass a folder written by save_pretrained, or use model_name='local-opt'")
 
 
+def _other_prompts(p: dict) -> str:
+    return next(x for x in PROMPT_SOURCES if x != p["prompts"])
+
+
+def comparison_settings(p: dict) -> list[str]:
+    """The comparison settings this run makes (none with ``comparison_seeds = 0``): setting (a) with the
+    other prompt source, and with each ablation penalty that is not the main one."""
+    if not p["comparison_seeds"]:
+        return []
+    return ["prompts"] + [f"penalty-{x:g}" for x in p["ablation_penalties"]
+                          if float(x) != float(p["repetition_penalty"])]
+
+
 def setting_spec(p: dict, setting: str) -> dict:
-    """Regime, epochs, repetition penalty, seeds and label of one setting."""
-    if setting == "a":
-        spec = {"regime": "replace", "epochs": p["epochs_a"], "penalty": p["repetition_penalty"],
-                "seeds": list(range(p["seeds"]))}
-    elif setting == "b":
-        spec = {"regime": f"keep_real({p['keep_fraction']:g})", "epochs": p["epochs_b"],
-                "penalty": p["repetition_penalty"], "seeds": list(range(p["seeds"]))}
-    elif setting == "ablation":
-        spec = {"regime": "replace", "epochs": p["epochs_a"], "penalty": p["ablation_penalty"],
-                "seeds": list(range(p["ablation_seeds"]))}
-    else:
-        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
-    spec["label"] = SETTING_LABELS[setting].format(epochs=spec["epochs"], pct=100 * p["keep_fraction"],
-                                                   penalty=spec["penalty"],
-                                                   ep="epoch" if spec["epochs"] == 1 else "epochs")
+    """Regime, epochs, prompt source, repetition penalty, seeds and label of one setting."""
+    spec = {"regime": "replace", "epochs": p["epochs_a"], "penalty": float(p["repetition_penalty"]),
+            "prompts": p["prompts"], "seeds": list(range(p["seeds"]))}
+    if setting == "b":
+        spec.update(regime=f"keep_real({p['keep_fraction']:g})", epochs=p["epochs_b"])
+    elif setting == "prompts":
+        spec.update(prompts=_other_prompts(p), seeds=list(range(p["comparison_seeds"])))
+    elif setting.startswith("penalty-"):
+        try:
+            pen = float(setting.split("-", 1)[1])
+        except ValueError:
+            raise ValueError(f"a penalty setting is 'penalty-<number>', got {setting!r}") from None
+        spec.update(penalty=pen, seeds=list(range(p["comparison_seeds"])))
+    elif setting != "a":
+        raise ValueError(f"setting must be 'a', 'b', 'prompts' or 'penalty-<x>', got {setting!r}")
+    key = "penalty" if setting.startswith("penalty-") else setting
+    spec["label"] = SETTING_LABELS[key].format(epochs=spec["epochs"], pct=100 * p["keep_fraction"],
+                                               penalty=spec["penalty"], prompts=spec["prompts"],
+                                               ep="epoch" if spec["epochs"] == 1 else "epochs")
     return spec
 
 
 def _labels(p: dict) -> dict:
-    return {s: setting_spec(p, s)["label"] for s in SETTINGS}
+    return {s: setting_spec(p, s)["label"] for s in (*SETTINGS, *comparison_settings(p))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,52 +234,72 @@ def _run_seed(job: dict) -> tuple:
     regime = parse_regime(spec["regime"])
     exp = LMCollapse(job["base"], data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
                      p["gen_batch_size"], regime.n_synthetic(len(data.train)), p["prompt_index"], ckpt / "models",
-                     progress=job["progress"], patience=p["patience"])
+                     progress=job["progress"], patience=p["patience"], prompts=spec["prompts"], regime=regime)
     res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
                         checkpoint_dir=ckpt / f"{job['setting']}-seed{seed}", progress=job["progress"],
                         columns={"setting": job["setting"], "epochs": spec["epochs"],
-                                 "repetition_penalty": spec["penalty"]})
+                                 "repetition_penalty": spec["penalty"], "prompts": spec["prompts"]})
     return res.metrics, res.bookkeeping.assign(seed=seed), exp.state["per_seq"], exp.state["examples"]
+
+
+def run_settings(p: dict, data: LMData, base: Base, settings, run_dir: str | os.PathLike,
+                 progress: bool = True) -> dict[str, SettingResult]:
+    """Run several settings -- ``'a'``, ``'b'``, and the comparisons of :func:`comparison_settings` --
+    for their seeds, every (setting, seed) pair one job of one pool.
+
+    Each job is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
+    so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
+    beam-search outputs live (content-addressed, keyed by the training code too) in
+    ``run_dir/checkpoints/models`` and are reused -- the comparisons share setting (a)'s generation-0
+    model, so run them after (a).  With ``parallel_runs > 1`` on a CPU the jobs run side by side in
+    worker processes, the longest first (:func:`collapse_utils.parallel.run_jobs`); serial or parallel,
+    each job computes with ``threads_per_run`` torch threads, so the results are identical either way.
+    """
+    from ..parallel import run_jobs
+
+    specs = {s: setting_spec(p, s) for s in settings}
+    tok = load_tokenizer(data.tokenizer_path)
+    ckpt = Path(run_dir) / "checkpoints"
+    jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": s, "seed": seed, "ckpt": ckpt}
+            for s, spec in specs.items() for seed in spec["seeds"]]
+    workers = 1 if torch.cuda.is_available() else max(1, min(int(p.get("parallel_runs", 1)), len(jobs)))
+    for j in jobs:
+        j["progress"] = progress and workers == 1
+    # longest first (more epochs per generation), so that the last jobs of the pool are short ones
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["spec"]["epochs"])
+    t0 = time.time()
+    done = run_jobs(_run_seed, [jobs[i] for i in order], workers, threads_per_run=p["threads_per_run"],
+                    progress=progress and workers > 1, desc=f"settings {', '.join(specs)}: runs",
+                    label=lambda j: f"{j['setting']} seed {j['seed']}")
+    results = [None] * len(jobs)
+    for i, r in zip(order, done):
+        results[i] = r
+    seconds = time.time() - t0
+    out = {}
+    for s, spec in specs.items():
+        mets, seqs, exs, books = [], [], [], []
+        for job, (metrics, book, per_seq, examples) in zip(jobs, results):
+            if job["setting"] != s:
+                continue
+            seed = job["seed"]
+            mets.append(metrics)
+            books.append(book.assign(setting=s))
+            for g, ppl in sorted(per_seq.items()):
+                seqs.append(pd.DataFrame({"setting": s, "seed": seed, "generation": g, "perplexity": ppl}))
+            for g, ids in sorted(examples.items()):
+                exs.append({"setting": s, "seed": seed, "generation": g,
+                            "text": tok.decode(ids, skip_special_tokens=False)})
+        if mets:
+            out[s] = SettingResult(s, spec["label"], pd.concat(mets, ignore_index=True),
+                                   pd.concat(seqs, ignore_index=True), pd.DataFrame(exs),
+                                   pd.concat(books, ignore_index=True), seconds)
+    return out
 
 
 def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | os.PathLike,
                 progress: bool = True) -> SettingResult:
-    """Run one setting -- (a), (b) or the repetition-penalty ablation -- for its seeds.
-
-    Each seed is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
-    so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
-    beam-search outputs live (content-addressed, keyed by the training code too) in
-    ``run_dir/checkpoints/models`` and are reused.
-    With ``parallel_runs > 1`` on a CPU the seeds run side by side in worker processes
-    (:func:`collapse_utils.parallel.run_jobs`); serial or parallel, each seed computes with
-    ``threads_per_run`` torch threads, so the results are identical either way.
-    """
-    from ..parallel import run_jobs
-
-    spec = setting_spec(p, setting)
-    tok = load_tokenizer(data.tokenizer_path)
-    ckpt = Path(run_dir) / "checkpoints"
-    workers = int(p.get("parallel_runs", 1))
-    if torch.cuda.is_available() or len(spec["seeds"]) < 2:
-        workers = 1
-    jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": setting, "seed": seed, "ckpt": ckpt,
-             "progress": progress and workers == 1} for seed in spec["seeds"]]
-    t0 = time.time()
-    results = run_jobs(_run_seed, jobs, workers, threads_per_run=p["threads_per_run"],
-                       progress=progress and workers > 1, desc=f"setting {setting}: seeds")
-    mets, seqs, exs, books = [], [], [], []
-    for job, (metrics, book, per_seq, examples) in zip(jobs, results):
-        seed = job["seed"]
-        mets.append(metrics)
-        books.append(book.assign(setting=setting))
-        for g, ppl in sorted(per_seq.items()):
-            seqs.append(pd.DataFrame({"setting": setting, "seed": seed, "generation": g, "perplexity": ppl}))
-        for g, ids in sorted(examples.items()):
-            exs.append({"setting": setting, "seed": seed, "generation": g,
-                        "text": tok.decode(ids, skip_special_tokens=False)})
-    return SettingResult(setting, spec["label"], pd.concat(mets, ignore_index=True),
-                         pd.concat(seqs, ignore_index=True), pd.DataFrame(exs), pd.concat(books, ignore_index=True),
-                         time.time() - t0)
+    """One setting for its seeds (see :func:`run_settings`)."""
+    return run_settings(p, data, base, [setting], run_dir, progress)[setting]
 
 
 def combine(*results: SettingResult | None) -> dict[str, pd.DataFrame]:
@@ -276,18 +330,18 @@ class LMResult:
 
 
 def collect(base: Base | float, *results: SettingResult | None) -> LMResult:
-    """One result object from the settings run (an ablation that was skipped is ``None``)."""
+    """One result object from the settings run (a comparison that was skipped may be ``None``)."""
     t = combine(*results)
     ppl = base.test_ppl if isinstance(base, Base) else float(base)
     return LMResult(ppl, t["metrics"], t["per_sequence_perplexity"], t["continuations"], t["bookkeeping"])
 
 
 def run(p: dict, data: LMData, base: Base, run_dir: str | os.PathLike, progress: bool = True) -> LMResult:
-    """Settings (a), (b) and, with ``ablation_seeds > 0``, the ablation, in one call."""
-    res = [run_setting(p, data, base, s, run_dir, progress) for s in ("a", "b")]
-    if p["ablation_seeds"]:
-        res.append(run_setting(p, data, base, "ablation", run_dir, progress))
-    return collect(base, *res)
+    """Settings (a) and (b), then the comparisons (if ``comparison_seeds > 0``), in one call."""
+    res = run_settings(p, data, base, SETTINGS, run_dir, progress)
+    if comparison_settings(p):
+        res.update(run_settings(p, data, base, comparison_settings(p), run_dir, progress))
+    return collect(base, *res.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,6 +415,34 @@ def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, settin
     return f"**{_labels(p)[setting]}, seed {seed}**\n\n" + "\n".join(rows)
 
 
+def penalty_choice_markdown(claims: list[Claim], p: dict) -> str:
+    """Why this run's settings use their repetition penalty, from the ablation's measurements (a
+    paragraph of Markdown; every number comes from the run's ``penalty-worse`` claim)."""
+    c = next((c for c in claims if c.id == "penalty-worse"), None)
+    main = float(p["repetition_penalty"])
+    local = p["model_name"] == LOCAL_MODEL
+    if c is None or not finite(c.extra.get("low_distinct2_last"), c.extra.get("high_distinct2_last")):
+        return (f"This run's settings (a) and (b) generate with repetition penalty {main:g}; the ablation was not "
+                "run (`comparison_seeds = 0`), so this page cannot say what the penalty changes.")
+    lo, hi = c.extra["low_penalty"], c.extra["high_penalty"]
+    d_lo, d_hi = c.extra["low_distinct2_last"], c.extra["high_distinct2_last"]
+    loops = d_lo < 0.5 * d_hi
+    text = (f"At the last generation, distinct-2 of the generated data is {d_lo:.2f} with penalty {lo:g} and "
+            f"{d_hi:.2f} with penalty {hi:g} (means over the comparison seeds): "
+            + ("with the smaller penalty beam search has settled into loops of a few tokens (the table above "
+               "shows the text). " if loops else "the smaller penalty does not make the text loop at this size. "))
+    if local:
+        text += (f"The local presets generate with penalty {main:g}: without one, a model as small as the local OPT "
+                 "tends to loop, and training on a loop of a few tokens says little about what the paper's "
+                 "OPT-125m does. "
+                 + ("This run shows that loop. " if loops else "This run does not show that loop, so the choice "
+                    "rests on the runs that did; the ablation's claims below hold either way. "))
+    else:
+        text += (f"This run generates with penalty {main:g}"
+                 + (", as the paper's text describes (plain beam search). " if main == 1.0 else ". "))
+    return text + ("The claims below say whether the paper's two statements about the penalty hold in this run.")
+
+
 def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
     """How this run differs from the paper: a Markdown table, the paper's column from its text and
     official code, this run's column from its parameters, data and base model."""
@@ -384,9 +466,18 @@ def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
          f"AdamW {p['lr']:g}, batch {p['batch_size']}, {stop}"),
         ("epochs (a) / (b), real data kept in (b)", "5 / 10, 10%",
          f"{p['epochs_a']} / {p['epochs_b']}, {100 * p['keep_fraction']:g}%"),
-        ("decoding", "beam search, 5 beams, 64 new tokens, repetition penalty 3.0 (official code)",
+        ("tokenisation", "the official code: concatenate, tokenize, 64-token blocks (Hugging Face's recipe "
+         "puts `</s>` before every row, blank rows included)",
+         "every row with the tokenizer's special tokens (the recipe)" if p["tokenize"] == "hf_clm" else
+         "non-blank lines without special tokens, concatenated"),
+        ("prompts", "the original training blocks, every generation",
+         f"{p['prompts']} blocks" + (f"; {p['comparison_seeds']} seed(s) also with {_other_prompts(p)} prompts"
+                                     if p["comparison_seeds"] else "")),
+        ("decoding", "beam search, 5 beams, 64 new tokens; no repetition penalty in the text, 3.0 in the "
+         "official code, 2.0 in the text's ablation",
          f"beam search, {p['num_beams']} beams, {p['block_size']} new tokens, repetition penalty "
-         f"{p['repetition_penalty']:g}"),
+         f"{p['repetition_penalty']:g}"
+         + (f"; ablation {', '.join(f'{x:g}' for x in p['ablation_penalties'])}" if p["comparison_seeds"] else "")),
         ("generations, seeds", "9 and 5", f"{p['generations']} and {p['seeds']}"),
         ("histograms", "loss per batch in the official code", "perplexity per sequence"),
     ]
@@ -488,26 +579,45 @@ def plot_diversity(metrics: pd.DataFrame, p: dict):
     return fig
 
 
-def plot_ablation(metrics: pd.DataFrame, p: dict):
-    """Setting (a) with the official repetition penalty vs the ablation penalty, on the same seeds."""
+def comparison_arms(p: dict, kind: str) -> list[tuple[str, str]]:
+    """(setting, label) of each arm of a comparison on the comparison seeds: ``kind='prompts'`` --
+    original vs chained prompts; ``kind='penalty'`` -- one arm per ablation penalty (the main penalty's
+    arm is setting (a) itself)."""
+    if kind == "prompts":
+        arms = {p["prompts"]: "a", _other_prompts(p): "prompts"}
+        return [(arms[x], f"{x} prompts" + (" (paper)" if x == "original" else "")) for x in PROMPT_SOURCES]
+    if kind == "penalty":
+        main = float(p["repetition_penalty"])
+        return [("a" if float(x) == main else f"penalty-{x:g}",
+                 f"penalty {x:g}" + (" (none)" if float(x) == 1.0 else "")) for x in p["ablation_penalties"]]
+    raise ValueError(f"kind must be 'prompts' or 'penalty', got {kind!r}")
+
+
+def plot_comparisons(metrics: pd.DataFrame, p: dict):
+    """Setting (a) on the comparison seeds: original vs chained prompts (top row) and the ablation
+    penalties (bottom row) -- real-test perplexity, the generated data's median perplexity under model 0,
+    and distinct-2 of the generated data."""
     import matplotlib.pyplot as plt
 
     w = _wide(metrics)
-    seeds = sorted(w.loc[w["setting"] == "ablation", "seed"].unique())
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for s, c in zip(("a", "ablation"), regime_colors([setting_spec(p, s)["regime"] for s in ("a", "ablation")])):
-        d = w[(w["setting"] == s) & w["seed"].isin(seeds)].groupby("generation").mean(numeric_only=True)
-        pen = p["repetition_penalty"] if s == "a" else p["ablation_penalty"]
-        lab = f"repetition penalty {pen:g}"
-        axes[0].plot(d.index, d["test_ppl"], marker="o", color=c, label=lab)
-        axes[1].plot(d.index, d["data_gen0_ppl_seq_median"], marker="o", color=c, label=lab)
-        axes[2].plot(d.index, d["distinct_2"], marker="o", color=c, label=lab)
-    finish(axes[0], "generation", "corpus perplexity", "real test set")
-    axes[1].set_yscale("log")
-    finish(axes[1], "generation", "median perplexity under generation 0", "generated training data")
-    finish(axes[2], "generation", "distinct-2", "diversity of generated data")
-    fig.suptitle(f"setting (a), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}", y=1.02,
-                 fontsize="medium")
+    seeds = list(range(p["comparison_seeds"]))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.4))
+    for row, kind in enumerate(("prompts", "penalty")):
+        arms = comparison_arms(p, kind)
+        for (s, lab), c in zip(arms, palette(len(arms))):
+            d = w[(w["setting"] == s) & w["seed"].isin(seeds)].groupby("generation").mean(numeric_only=True)
+            if d.empty:
+                continue
+            axes[row, 0].plot(d.index, d["test_ppl"], marker="o", color=c, label=lab)
+            axes[row, 1].plot(d.index, d["data_gen0_ppl_seq_median"], marker="o", color=c, label=lab)
+            axes[row, 2].plot(d.index, d["distinct_2"], marker="o", color=c, label=lab)
+        what = "prompts" if kind == "prompts" else "repetition penalty"
+        finish(axes[row, 0], "generation", "corpus perplexity", f"{what}: real test set")
+        axes[row, 1].set_yscale("log")
+        finish(axes[row, 1], "generation", "median perplexity under generation 0", f"{what}: generated data")
+        finish(axes[row, 2], "generation", "distinct-2", f"{what}: diversity of generated data")
+    fig.suptitle(f"setting (a), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} (means)",
+                 y=1.0, fontsize="medium")
     fig.tight_layout()
     return fig
 
@@ -636,18 +746,59 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
               visible=learns and last >= 1 and len(r2) > 0 and finite(*r2, *rv)),
         extra={"distinct2_real": first2, "distinct2_last": last2, "vocab_real": firstv, "vocab_last": lastv}))
 
-    # the repetition penalty: the setting with the larger penalty still collapses
-    pen_a, pen_x = float(p["repetition_penalty"]), float(p["ablation_penalty"])
-    rx = _rise(_by_seed(w, "ablation", "test_ppl"))
-    r_pen, pen = (ra, pen_a) if pen_a >= pen_x or len(rx) == 0 else (rx, pen_x)
-    r_other, other = (rx, pen_x) if pen == pen_a else (ra, pen_a)
+    # the comparisons, on the comparison seeds: each arm's last-generation test perplexity and rise
+    cseeds = list(range(int(p["comparison_seeds"])))
+
+    def arm(setting: str) -> tuple[pd.Series, pd.Series]:
+        t = _by_seed(w, setting, "test_ppl")
+        t = t.loc[t.index.isin(cseeds)] if not t.empty else t
+        return (t.iloc[:, -1] if not t.empty else pd.Series(dtype=float)), _rise(t)
+
+    def d2_last(setting: str) -> float:
+        t = _by_seed(w, setting, "distinct_2")
+        t = t.loc[t.index.isin(cseeds)] if not t.empty else t
+        return _mean(t.iloc[:, -1]) if not t.empty else float("nan")
+
+    cmp_ok = learns and last >= 2
+    # prompts: does continuing the model's own text (chained) degrade more than the paper's original prompts?
+    arms_p = dict((lab.split(" ")[0], s) for s, lab in comparison_arms(p, "prompts"))
+    (lo, ro), (lc, rc) = arm(arms_p["original"]), arm(arms_p["chained"])
+    both = len(ro) > 0 and len(rc) > 0 and len(ro) == len(rc)
     out.append(Claim(
-        "penalty-no-prevent", "A repetition penalty does not prevent collapse: with it, the later models are "
-        "still worse on the real test set", "with penalty 2.0 the perplexities roughly double",
-        f"penalty {pen:g}: {_pct(_mean(r_pen))} by generation {last}"
-        + (f"; penalty {other:g}: {_pct(_mean(r_other))}" if len(r_other) else ""), "fig-04-ablation",
-        judge(len(r_pen) > 0 and bool((r_pen > 0).all()),
-              visible=learns and last >= 2 and pen > 1 and len(r_pen) > 0 and finite(*r_pen)),
-        extra={"setting_penalty": pen_a, "penalty": pen, "rise_pct": 100 * _mean(r_pen), "other_penalty": other,
-               "other_rise_pct": 100 * _mean(r_other)}))
+        "chained-prompts-worse", "Beyond the paper: when the prompts are the previous generation's text too "
+        "(chained), errors compound and the real-test perplexity rises more than with the paper's original "
+        "prompts (same seeds)", "(not in the paper; the paper prompts with the original blocks)",
+        f"rise by generation {last}: original {_pct(_mean(ro))}, chained {_pct(_mean(rc))}",
+        "fig-04-comparisons",
+        judge(both and _mean(rc) > _mean(ro), visible=cmp_ok and both and finite(*ro, *rc)),
+        extra={"original_rise_pct": 100 * _mean(ro), "chained_rise_pct": 100 * _mean(rc),
+               "original_last_ppl": _mean(lo), "chained_last_ppl": _mean(lc), "seeds": len(cseeds)}))
+
+    # the paper's ablation: no penalty vs 2.0 (or whichever two penalties ablation_penalties names)
+    pens = sorted(float(x) for x in p["ablation_penalties"])
+    arm_of = {float(x): s for x, (s, _) in zip(p["ablation_penalties"], comparison_arms(p, "penalty"))}
+    lo_pen, hi_pen = pens[0], pens[-1]
+    (l_lo, r_lo), (l_hi, r_hi) = arm(arm_of[lo_pen]), arm(arm_of[hi_pen])
+    pair = len(pens) > 1 and len(l_lo) > 0 and len(l_hi) > 0 and len(l_lo) == len(l_hi)
+    ratio_pen = _mean(l_hi) / _mean(l_lo) if pair and _mean(l_lo) > 0 else float("nan")
+    out.append(Claim(
+        "penalty-no-prevent", f"A repetition penalty does not prevent collapse: with penalty {hi_pen:g} the later "
+        "models are still worse on the real test set than model 0, in every seed",
+        "with the penalty the later models get worse",
+        f"penalty {hi_pen:g}: {_pct(_mean(r_hi))} by generation {last} (per seed "
+        f"{', '.join(_pct(x) for x in r_hi)})", "fig-04-comparisons",
+        judge(len(r_hi) > 0 and bool((r_hi > 0).all()), visible=cmp_ok and hi_pen > 1 and len(r_hi) > 0
+              and finite(*r_hi)),
+        extra={"penalty": hi_pen, "rise_pct": 100 * _mean(r_hi), "last_ppl": _mean(l_hi),
+               "distinct2_last": d2_last(arm_of[hi_pen])}))
+    out.append(Claim(
+        "penalty-worse", f"The paper's ablation: with penalty {hi_pen:g} the later models are worse than with "
+        f"penalty {lo_pen:g} (criterion: higher test perplexity at the last generation, mean over the same seeds)",
+        "perplexities roughly double with penalty 2.0",
+        f"generation {last}: penalty {lo_pen:g} {_mean(l_lo):.1f}, penalty {hi_pen:g} {_mean(l_hi):.1f} "
+        f"(ratio {ratio_pen:.2f})", "fig-04-comparisons",
+        judge(finite(ratio_pen) and ratio_pen > 1, visible=cmp_ok and pair and finite(ratio_pen)),
+        extra={"low_penalty": lo_pen, "high_penalty": hi_pen, "low_last_ppl": _mean(l_lo), "high_last_ppl": _mean(l_hi),
+               "ratio": ratio_pen, "low_rise_pct": 100 * _mean(r_lo), "low_distinct2_last": d2_last(arm_of[lo_pen]),
+               "high_distinct2_last": d2_last(arm_of[hi_pen]), "seeds": len(cseeds)}))
     return out
