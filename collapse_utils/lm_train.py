@@ -242,14 +242,16 @@ def perplexity_stats(nll: np.ndarray, prefix: str) -> dict[str, float]:
 
 def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: int = 5,
                            repetition_penalty: float = 3.0, batch_size: int = 64, progress: bool = False,
-                           desc: str = "beam search") -> torch.Tensor:
+                           desc: str = "beam search", logits_processor=None) -> torch.Tensor:
     """Beam-search exactly ``new_tokens`` tokens after every prompt block: LongTensor (n, new_tokens).
 
-    Deterministic (no sampling).  With several ``accelerate launch`` processes the prompts are split
-    between them and the continuations gathered back in order.
+    Deterministic (no sampling).  ``logits_processor``: extra ``transformers`` logits processors (e.g. a
+    watermark), applied after the built-in ones as ``generate`` applies them.  With several
+    ``accelerate launch`` processes the prompts are split between them and the continuations gathered
+    back in order.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     acc = get_accelerator()
     dev = acc.device
@@ -270,7 +272,8 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
             rows = mine[s:s + batch_size]
             p = prompts[rows].long().to(dev)
             with torch.no_grad():
-                out = model.generate(input_ids=p, attention_mask=torch.ones_like(p), generation_config=gcfg)
+                out = model.generate(input_ids=p, attention_mask=torch.ones_like(p), generation_config=gcfg,
+                                     logits_processor=LogitsProcessorList(logits_processor or []))
             cont = out[:, p.shape[1]:].cpu()
             if cont.shape != (len(rows), new_tokens):
                 raise RuntimeError(f"generation returned {tuple(cont.shape)}, expected {(len(rows), new_tokens)}")
