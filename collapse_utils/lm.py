@@ -167,9 +167,9 @@ def _folder_bytes(path) -> int:
 @functools.lru_cache(maxsize=1)
 def _train_code_key() -> str:
     """Fitted models and beam-search outputs are cached by content; the key includes the code that made them."""
-    from . import lm_train
+    from . import lm_beam, lm_train
 
-    return source_hash(lm_train)
+    return source_hash(lm_train, lm_beam)
 
 
 @dataclass
