@@ -18,6 +18,7 @@ threads sklearn's KMeans spends most of its time synchronising on a small shared
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def main(argv=None):
@@ -33,6 +34,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     G = a.generations
+    load0 = os.getloadavg()[0]
     cmp = gmm.speed_comparison(a.seeds, a.sk_seeds, G, a.n, a.threads,
                                checkpoints=[g for g in (10, 25, 50, 100, 200, 500, 1000, 2000) if g <= G])
     print(f"official setting: blob, N={a.n}, K=2 full, tol=1e-5, max_iter=2000; {G} generations; "
@@ -40,6 +42,8 @@ def main(argv=None):
     print(speed_table(cmp).to_string(index=False))
     print(f"\nspeed-up in seed-generations per second: {cmp['speedup_wall']:.1f}x (wall clock), "
           f"{cmp['speedup_cpu']:.1f}x (process CPU time)")
+    print(f"load average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores "
+          "(above the core count the machine is shared: trust the CPU-time ratio over the wall-clock one)")
     agree = gmm.distance_agreement(cmp)
     print("\nsquared L2 distance to generation 0 across seeds, batched vs sklearn (two-sample tests):")
     print(agree.to_string(index=False, float_format=lambda v: f"{v:.3g}"))

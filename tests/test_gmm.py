@@ -116,31 +116,85 @@ def test_kmeans_agrees_with_sklearn():
 
 
 def test_batch_rows_are_independent_of_each_other():
-    """Converged seeds stop updating: a seed fitted alone gives the same answer as inside the batch."""
-    X = _datasets(S=5, N=700, seed=9)
+    """Converged seeds stop updating and every step acts on each seed alone: a seed fitted alone,
+    or inside a batch in another order, gives exactly the same numbers."""
+    X = _datasets(S=24, N=700, seed=9)
     labels = gmm.kmeans_labels(X, 2, np.random.default_rng(0))
     batch = gmm.fit_gmm(X, 2, init_labels=labels, **SK)
-    assert len(set(batch.n_iter.tolist())) > 1  # the seeds do converge at different iterations
-    for s in range(5):
+    assert len(set(batch.n_iter.tolist())) > 5  # the seeds do converge at different iterations
+    perm = np.random.default_rng(1).permutation(24)
+    shuffled = gmm.fit_gmm(X[perm], 2, init_labels=labels[perm], **SK)
+    for a in ("weights", "means", "covariances", "n_iter", "lower_bound"):
+        np.testing.assert_array_equal(getattr(shuffled, a), getattr(batch, a)[perm])
+    for s in (0, 7, 23):
         alone = gmm.fit_gmm(X[s:s + 1], 2, init_labels=labels[s:s + 1], **SK)
         assert alone.n_iter[0] == batch.n_iter[s]
-        np.testing.assert_allclose(alone.covariances[0], batch.covariances[s], rtol=1e-12, atol=1e-14)
+        np.testing.assert_array_equal(alone.covariances[0], batch.covariances[s])
+        np.testing.assert_array_equal(alone.lower_bound[0], batch.lower_bound[s])
 
 
 def test_fast_path_pieces_agree():
     """The K=2/d=2 loop's two implementations of the M-step algebra (numpy for many rows, Python
-    floats for the last few) and the generic one give the same coefficients."""
+    floats for the last few) give identical numbers, equal to the generic formulas; so do its
+    two implementations of Lloyd's iterations."""
     rng = np.random.default_rng(5)
     X = rng.standard_normal((7, 300, 2))
+    X[::2, :100] += [2.0, -1.0]
     R = rng.random((7, 300))
     PhiT = gmm._design_T(X)
-    T = np.stack([PhiT @ (1 - R)[..., None], PhiT @ R[..., None]], 1)[..., 0]  # (S, 2, 6)
-    c_np, ok_np = gmm._coef_from_T(T, 1e-6)
-    c_py, ok_py = gmm._coef_from_T_py(T, 1e-6)
-    c_ref, bad = gmm._coef_d2(gmm._mstep_d2(T, "full", 1e-6))
-    assert ok_np and ok_py and not bad.any()
-    np.testing.assert_allclose(c_np, c_ref, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(c_py, c_ref, rtol=1e-13, atol=1e-13)
+    M = PhiT.sum(-1)
+    T1 = (PhiT @ R[..., None])[..., 0]  # component-1 sums (S, 6)
+    du_np, base_np = gmm._k2_coef(T1, M, 1e-6)
+    du_py, base_py = gmm._k2_coef_py(T1, M, 1e-6)
+    coef, bad = gmm._coef_d2(gmm._mstep_d2(np.stack([M - T1, T1], 1), "full", 1e-6))
+    assert not bad.any()
+    # the same operations in the same order: identical numbers, so a seed's fit cannot depend on
+    # how many other seeds are still iterating
+    np.testing.assert_array_equal(du_np, du_py)
+    np.testing.assert_array_equal(base_np, base_py)
+    np.testing.assert_allclose(du_np, coef[:, 0] - coef[:, 1], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(base_np, (M * coef[:, 1]).sum(-1), rtol=1e-13)
+    # the features of the fast path are the generic quadratic features
+    iu, ju = np.triu_indices(2)
+    ref = np.concatenate([np.ones((7, 1, 300)), X.transpose(0, 2, 1),
+                          (X[..., iu] * X[..., ju]).transpose(0, 2, 1)], 1)
+    np.testing.assert_array_equal(PhiT, ref)
+    # Lloyd: a batch (numpy, then Python floats for the last seeds) and each seed alone agree
+    XT, xsq = PhiT[:, 1:3], PhiT[:, 3] + PhiT[:, 5]
+    C0 = gmm._kmeans_pp(XT, xsq, 2, np.random.default_rng(3))
+    batch = gmm._lloyd2(XT, xsq, C0.copy(), 300, 1e-4)
+    for s in range(7):
+        alone = gmm._lloyd2(XT[s:s + 1], xsq[s:s + 1], C0[s:s + 1].copy(), 300, 1e-4)
+        np.testing.assert_array_equal(alone[0], batch[s])
+
+
+def test_fast_path_extremes_match_sklearn():
+    """More than 1000 samples (log-likelihood summed in logs) and a component so narrow that
+    exp(l0 - l1) overflows for distant points (redone by the max-trick) still match sklearn."""
+    rng = np.random.default_rng(11)
+    X = np.empty((2, 1500, 2))
+    X[0] = rng.standard_normal((1500, 2))
+    X[0, :700] += 3.0
+    X[1] = rng.standard_normal((1500, 2)) * 1e-3  # a tight cluster ...
+    X[1, :40] = rng.standard_normal((40, 2)) * 30 + 60  # ... and far, broad outliers
+    labels = (np.arange(1500) < 700).astype(int)[None].repeat(2, 0)
+    labels[1] = (np.arange(1500) < 40)
+    ours = gmm.fit_gmm(X, 2, "full", init_labels=labels, **SK)
+    for s in range(2):
+        init = gmm.params_from_labels(X[s], labels[s], 2, "full", SK["reg_covar"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = _sk_from_init(X[s], init, "full", 2)
+        assert ours.n_iter[s] == ref.n_iter_
+        np.testing.assert_allclose(ours.means[s], ref.means_, atol=1e-9)
+        np.testing.assert_allclose(ours.covariances[s], ref.covariances_, atol=1e-9)
+        # (the tight component's second moments are totals minus the other component's, ~1e5
+        # each: a relative error ~1e-8 in its covariance, ~1e-10 in the mean log-likelihood)
+        assert abs(ours.lower_bound[s] - ref.lower_bound_) < (1e-10 if s == 0 else 1e-9)
+    # the second data set does reach the overflow: some l0 - l1 beyond log(max float)
+    du, _ = gmm._k2_coef((gmm._design_T(X[1:]) @ labels[1:, :, None].astype(float))[..., 0],
+                         gmm._design_T(X[1:]).sum(-1), SK["reg_covar"])
+    assert np.abs(du[:, None, :] @ gmm._design_T(X[1:])).max() > 710
 
 
 def test_degenerate_data_gives_a_clear_error():
