@@ -417,30 +417,40 @@ def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, settin
 
 def penalty_choice_markdown(claims: list[Claim], p: dict) -> str:
     """Why this run's settings use their repetition penalty, from the ablation's measurements (a
-    paragraph of Markdown; every number comes from the run's ``penalty-worse`` claim)."""
+    paragraph of Markdown; every number comes from the run's ``penalty-worse`` claim).
+
+    The decoding itself is judged on generation 1's training data -- the text model 0, trained on real
+    data only, writes -- where the two penalties differ in nothing else."""
     c = next((c for c in claims if c.id == "penalty-worse"), None)
     main = float(p["repetition_penalty"])
     local = p["model_name"] == LOCAL_MODEL
-    if c is None or not finite(c.extra.get("low_distinct2_last"), c.extra.get("high_distinct2_last")):
+    if c is None or not finite(c.extra.get("low_distinct2_gen1"), c.extra.get("high_distinct2_gen1")):
         return (f"This run's settings (a) and (b) generate with repetition penalty {main:g}; the ablation was not "
                 "run (`comparison_seeds = 0`), so this page cannot say what the penalty changes.")
     lo, hi = c.extra["low_penalty"], c.extra["high_penalty"]
-    d_lo, d_hi = c.extra["low_distinct2_last"], c.extra["high_distinct2_last"]
-    loops = d_lo < 0.5 * d_hi
-    text = (f"At the last generation, distinct-2 of the generated data is {d_lo:.2f} with penalty {lo:g} and "
-            f"{d_hi:.2f} with penalty {hi:g} (means over the comparison seeds): "
-            + ("with the smaller penalty beam search has settled into loops of a few tokens (the table above "
-               "shows the text). " if loops else "the smaller penalty does not make the text loop at this size. "))
+    g_lo, g_hi = c.extra["low_distinct2_gen1"], c.extra["high_distinct2_gen1"]
+    l_lo, l_hi = c.extra["low_distinct2_last"], c.extra["high_distinct2_last"]
+    real = c.extra.get("real_distinct2", float("nan"))
+    loops = g_lo < 0.5 * g_hi
+    text = (f"In the text that model 0 writes (generation 1's training data), distinct-2 is {g_lo:.2f} with penalty "
+            f"{lo:g} and {g_hi:.2f} with penalty {hi:g}"
+            + (f", against {real:.2f} in the real data" if finite(real) else "")
+            + f" (means over the comparison seeds; at the last generation {l_lo:.2f} and {l_hi:.2f}): "
+            + (f"with penalty {lo:g} beam search settles into loops of a few tokens from the first generation on "
+               "(the table above shows the text). " if loops else
+               f"penalty {lo:g} does not make model 0's text loop more than penalty {hi:g} at this size. "))
     if local:
-        text += (f"The local presets generate with penalty {main:g}: without one, a model as small as the local OPT "
-                 "tends to loop, and training on a loop of a few tokens says little about what the paper's "
-                 "OPT-125m does. "
+        text += (f"The local presets generate with penalty {main:g}, the paper's ablation value: without a penalty "
+                 "a model as small as the local OPT tends to loop from generation 1 on, and a training set of loops "
+                 "says little about what the paper's OPT-125m does. "
                  + ("This run shows that loop. " if loops else "This run does not show that loop, so the choice "
-                    "rests on the runs that did; the ablation's claims below hold either way. "))
+                    "rests on other runs; the ablation's claims below hold either way. ")
+                 + (f"With either penalty, model 0's text has less than half the distinct word pairs of the real text."
+                    if finite(real) and max(g_lo, g_hi) < 0.5 * real else ""))
     else:
         text += (f"This run generates with penalty {main:g}"
-                 + (", as the paper's text describes (plain beam search). " if main == 1.0 else ". "))
-    return text + ("The claims below say whether the paper's two statements about the penalty hold in this run.")
+                 + (", as the paper's text describes (plain beam search)." if main == 1.0 else "."))
+    return text + " The claims below say whether the paper's two statements about the penalty hold in this run."
 
 
 def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
@@ -754,10 +764,13 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         t = t.loc[t.index.isin(cseeds)] if not t.empty else t
         return (t.iloc[:, -1] if not t.empty else pd.Series(dtype=float)), _rise(t)
 
-    def d2_last(setting: str) -> float:
+    def d2_last(setting: str, generation: int | None = None) -> float:
+        """distinct-2 of the generated data at the last (or the given) generation, mean over comparison seeds."""
         t = _by_seed(w, setting, "distinct_2")
         t = t.loc[t.index.isin(cseeds)] if not t.empty else t
-        return _mean(t.iloc[:, -1]) if not t.empty else float("nan")
+        if t.empty or (generation is not None and generation not in t.columns):
+            return float("nan")
+        return _mean(t.iloc[:, -1] if generation is None else t[generation])
 
     cmp_ok = learns and last >= 2
     # prompts: does continuing the model's own text (chained) degrade more than the paper's original prompts?
@@ -800,5 +813,7 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         judge(finite(ratio_pen) and ratio_pen > 1, visible=cmp_ok and pair and finite(ratio_pen)),
         extra={"low_penalty": lo_pen, "high_penalty": hi_pen, "low_last_ppl": _mean(l_lo), "high_last_ppl": _mean(l_hi),
                "ratio": ratio_pen, "low_rise_pct": 100 * _mean(r_lo), "low_distinct2_last": d2_last(arm_of[lo_pen]),
-               "high_distinct2_last": d2_last(arm_of[hi_pen]), "seeds": len(cseeds)}))
+               "high_distinct2_last": d2_last(arm_of[hi_pen]), "low_distinct2_gen1": d2_last(arm_of[lo_pen], 1),
+               "high_distinct2_gen1": d2_last(arm_of[hi_pen], 1), "real_distinct2": first2,
+               "seeds": len(cseeds)}))
     return out
