@@ -81,6 +81,7 @@ CHAPTERS: dict[str, Chapter] = {
         Chapter("03", "03_vae_mnist", "A VAE on MNIST forgets", "collapse_utils.chapters.vae_mnist"),
         Chapter("04", "04_language_models", "Language models collapse", "collapse_utils.chapters.language_models"),
         Chapter("05", "05_escaping_collapse", "Escaping collapse", "collapse_utils.chapters.escaping_collapse"),
+        Chapter("06", "06_provenance", "Provenance: telling generated text apart", "collapse_utils.chapters.provenance"),
     )
 }
 

@@ -1,0 +1,328 @@
+"""Chapter 06 (provenance): the crawl plan, the filters' bookkeeping, the parameters' check, the claims'
+verdicts both ways on metrics made by hand, determinism serial vs parallel, and a papermill smoke run."""
+from __future__ import annotations
+
+import json
+import shutil
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collapse_utils import provenance as pv
+from collapse_utils.chapters import provenance as ch
+from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.config import ParamError, load_preset
+
+P = {**load_preset("cpu", "06"), "preset": "cpu", "run_name": ""}
+
+
+# ---------------------------------------------------------------------------------------------
+# the crawl plan
+# ---------------------------------------------------------------------------------------------
+def test_synthetic_share_rises_linearly_to_the_final_share():
+    assert pv.synthetic_shares(4, 0.5) == [0.0, 0.125, 0.25, 0.375, 0.5]
+    t = ch.crawl_table(P)
+    assert list(t["model-written blocks"]) == [0, 32, 64, 96, 128] and (t["human blocks"] + t[
+        "model-written blocks"] == 256).all()
+    with pytest.raises(ValueError, match="final_share"):
+        pv.synthetic_shares(4, 1.0)
+
+
+def test_crawl_plan_parts_are_disjoint_sized_and_fixed_by_the_seed():
+    n_pool = pv.pool_size(20, 3, 5)
+    assert n_pool == 20 * 4 + 10
+    plan = pv.crawl_plan(n_pool, 20, 3, 0.6, 5, seed=3)
+    parts = [plan.calib_human, plan.calib_prompts, *plan.human, *plan.prompts]
+    every = np.concatenate(parts)
+    assert len(every) == len(set(every.tolist())) == n_pool  # every pool block plays exactly one part
+    assert [len(h) + len(p) for h, p in zip(plan.human, plan.prompts)] == [20] * 4
+    assert [plan.n_synthetic(g) for g in range(4)] == [0, 4, 8, 12]
+    same, other = pv.crawl_plan(n_pool, 20, 3, 0.6, 5, seed=3), pv.crawl_plan(n_pool, 20, 3, 0.6, 5, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(plan.human, same.human))
+    assert not np.array_equal(plan.human[0], other.human[0])
+    with pytest.raises(ValueError, match="needs 90 human blocks"):
+        pv.crawl_plan(n_pool - 1, 20, 3, 0.6, 5, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the filters: what each keeps, and the bookkeeping
+# ---------------------------------------------------------------------------------------------
+LABELS = np.array([0] * 6 + [1] * 4)  # 6 human blocks, then 4 model-written ones
+
+
+def test_no_filter_and_oracle_bookkeeping():
+    idx, b = pv.apply_filter("none", LABELS)
+    assert list(idx) == list(range(10)) and b["n_kept"] == 10 and b["n_kept_synthetic"] == 4 and b["n_dropped"] == 0
+    idx, b = pv.apply_filter("oracle", LABELS)
+    assert list(idx) == list(range(6)) and b["n_dropped"] == 4 and b["n_dropped_human"] == 0
+    assert b["kept_synthetic_share"] == 0 and b["n_crawl"] == 10 and b["n_crawl_synthetic"] == 4
+
+
+def test_watermark_filter_drops_exactly_the_blocks_above_the_threshold():
+    z = np.array([0.1, 5.0, -1, 0, 4.0, 0.3, 9, 8, 3.9, 12])  # one human block above 4 (a false positive)
+    idx, b = pv.apply_filter("watermark", LABELS, z=z, z_threshold=4.0)
+    assert list(idx) == [0, 2, 3, 4, 5, 8]  # z = 4.0 exactly is kept (only z > threshold is dropped)
+    assert b["n_dropped"] == 4 and b["n_dropped_human"] == 1 and b["n_kept_synthetic"] == 1 and b["n_kept"] == 6
+
+
+def test_surplexity_keeps_the_most_surprising_as_many_as_the_oracle():
+    loss = np.array([5.0, 4.0, 6.0, 3.0, 5.5, 4.5, 2.0, 7.0, 1.0, 1.5])
+    idx, b = pv.apply_filter("surplexity", LABELS, surprise=loss)
+    assert list(idx) == [0, 1, 2, 4, 5, 7] and b["n_kept"] == 6  # the six highest losses, in order
+    assert b["n_kept_synthetic"] == 1 and b["n_dropped_human"] == 1
+    assert list(pv.most_surprising(np.array([1.0, 1.0, 1.0]), 2)) == [0, 1]  # ties: the earlier blocks
+
+
+def test_detector_resampling_repeats_likely_human_blocks_and_is_seeded():
+    p = np.array([0.05] * 6 + [0.99] * 4)
+    draws = [pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, rng=np.random.default_rng(s))
+             for s in range(200)]
+    idx, b = draws[0]
+    assert b["n_kept"] == 10 and b["max_copies"] <= 3 and b["n_unique"] + (b["n_kept"] - b["n_unique"]) == 10
+    again, _ = pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, rng=np.random.default_rng(0))
+    assert np.array_equal(idx, again)
+    # the expected number of model-written copies drawn: each copy's weight is (1 - p) ** bias
+    kept_syn = np.mean([b["n_kept_synthetic"] for _, b in draws])
+    assert kept_syn < 1.0  # 4 x 3 copies of weight 0.01 against 6 x 3 of weight 0.95
+    # machine blocks of weight 0 are never drawn; too few drawable copies is an error
+    idx, b = pv.apply_filter("detector", LABELS, p_machine=np.r_[np.zeros(6), np.ones(4)], repeats=2,
+                             rng=np.random.default_rng(1))
+    assert b["n_kept_synthetic"] == 0 and b["n_kept"] == 10 and b["max_copies"] == 2
+    with pytest.raises(ValueError, match="cannot draw"):
+        pv.weighted_resample(np.r_[np.zeros(6), np.ones(4)], 10, 1.0, 1, np.random.default_rng(0))
+
+
+def test_bad_filter_calls_give_clear_errors():
+    with pytest.raises(ValueError, match="arm must be one of"):
+        pv.apply_filter("magic", LABELS)
+    with pytest.raises(ValueError, match="z-scores"):
+        pv.apply_filter("watermark", LABELS)
+    with pytest.raises(ValueError, match="p_machine"):
+        pv.weighted_resample(np.array([1.5]), 1, 1.0, 1, np.random.default_rng(0))
+    with pytest.raises(RuntimeError, match="dropped every block"):
+        pv.apply_filter("watermark", LABELS, z=np.full(10, 9.0))
+
+
+def test_detector_features_and_auc():
+    import torch
+
+    blocks = torch.tensor([[1, 2, 1, 2, 3], [4, 4, 4, 4, 4]])
+    nll = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 0.5, 0.5]])
+    f = pv.detector_features(blocks, nll, 5)
+    np.testing.assert_allclose(f[0], [2.5, np.std([1, 2, 3, 4]), 4.0, 3 / 5, 3 / 4])
+    np.testing.assert_allclose(f[1], [0.5, 0.0, 0.5, 1 / 5, 1 / 4])
+    np.testing.assert_allclose(pv.detector_features(blocks, nll, 3)[0, :3], [1.5, 0.5, 2.0])
+    assert pv.auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0 and pv.auc([0, 1], [1, 0]) == 0.0
+    assert np.isnan(pv.auc([1, 1], [0.2, 0.3]))
+
+
+def test_green_mass_finds_a_model_that_favours_the_keys_green_lists():
+    import torch
+
+    from collapse_utils.watermark import GreenList
+
+    v = 64
+    g = GreenList(v, 0.25, key=5)
+    uniq = torch.arange(v)
+    base = torch.rand(v, v, generator=torch.Generator().manual_seed(0))
+    base = base / base.sum(1, keepdim=True)
+    boosted = base * (1 + 0.5 * g.mask(uniq))  # learned from text watermarked with key 5
+    boosted = boosted / boosted.sum(1, keepdim=True)
+    ref, model = (uniq, base, v), (uniq, boosted, v)
+    r = pv.green_mass(model, g, ref)
+    assert r["mass_z"] > 4 and r["mass_p"] == pytest.approx(1 / 31) and r["mass"] > 0
+    # another key sees nothing special, and neither does the reference itself
+    assert abs(pv.green_mass(model, GreenList(v, 0.25, key=6), ref)["mass_z"]) < 4
+    assert abs(pv.green_mass(ref, g)["mass"] - 0.25) < 0.05
+    with pytest.raises(ValueError, match="same text"):
+        pv.green_mass(model, g, (uniq[:-1], base[:-1], v))
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+# ---------------------------------------------------------------------------------------------
+def test_presets_are_valid_and_the_cpu_data_matches_chapter_04():
+    for preset in ("smoke", "cpu", "paper"):
+        ch.validate_params({**load_preset(preset, "06"), "preset": preset, "run_name": ""})
+        four = load_preset(preset, "04")
+        six = load_preset(preset, "06")
+        shared = ("data_config", "model_name", "drop_headings", "tokenize", "vocab_size", "hidden_size", "num_layers",
+                  "num_heads", "base_blocks", "base_epochs", "base_lr", "valid_blocks", "block_size", "batch_size",
+                  "threads_per_run", "num_beams", "repetition_penalty")
+        assert {k: six[k] for k in shared} == {k: four[k] for k in shared}, preset  # same base, same cache key
+
+
+def test_bad_parameters_give_one_error_listing_all():
+    bad = {**P, "arms": ["watermark"], "tokens": [8, 16], "gamma": 1.5, "final_share": 1.0, "seeds": 0}
+    with pytest.raises(ParamError) as e:
+        ch.validate_params(bad)
+    msg = str(e.value)
+    for word in ("arms", "gamma", "final_share", "seeds"):
+        assert word in msg
+    with pytest.raises(ParamError, match="end with block_size"):
+        ch.validate_params({**P, "tokens": [8, 16]})
+    with pytest.raises(ParamError, match="probe_prompts"):
+        ch.validate_params({**P, "probe_prompts": 300})
+    with pytest.raises(ParamError, match="no model-written block"):
+        ch.validate_params({**P, "crawl_blocks": 4, "final_share": 0.1})
+    with pytest.raises(ParamError, match="arms"):
+        ch.validate_params({**P, "arms": ["none", "none"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# claims, both ways, on results made by hand
+# ---------------------------------------------------------------------------------------------
+IDS = ["crawl-rises", "watermark-detects", "watermark-null", "watermark-cost", "detector-detects", "detector-drifts",
+       "oracle-helps", "watermark-filter-helps", "detector-filter-helps", "surplexity-helps", "detector-beats-oracle",
+       "surplexity-matches-oracle", "radioactive"]
+CURVES = {"none": (118, 125, 133, 140, 150), "watermark": (118, 119, 120, 121, 121),
+          "detector": (118, 117, 117, 116, 116), "surplexity": (118, 119, 119, 120, 120),
+          "oracle": (118, 119, 120, 120, 121)}
+
+
+def _result(base=124.0, curves=None, auc_full=1.0, auc_min=0.9, cls=(0.99, 0.95, 0.93, 0.92), radio_none=8.0,
+            radio_oracle=0.3, cost=(40.0, 30.0), human_z=None, seeds=(0, 1)) -> ch.ProvenanceResult:
+    curves = {**CURVES, **(curves or {})}
+    rows = []
+
+    def add(arm, seed, g, **vals):
+        rows.extend({"experiment": "opt_crawl", "regime": "crawl(0.5)", "seed": seed, "generation": g, "metric": k,
+                     "value": float(v), "arm": arm} for k, v in vals.items())
+
+    for arm, curve in curves.items():
+        for seed in seeds:
+            for g, ppl in enumerate(curve):
+                vals = {"test_ppl": ppl * (1 + 0.01 * seed), "n_crawl": 256, "n_crawl_synthetic": 32 * g,
+                        "radio_mass_z": radio_none * g / 4 if arm == "none" else radio_oracle,
+                        "probe_green_share": 0.25, "probe_unique_pairs": 1500.0, "probe_green_z": 0.0}
+                if g:
+                    for t in (8, 16, 32, 64):
+                        vals[f"auc_watermark_T{t}"] = auc_min if t == 8 else auc_full
+                        vals[f"auc_perplexity_T{t}"] = 0.97
+                        vals[f"auc_classifier_T{t}"] = cls[g - 1]
+                add(arm, seed, g, **vals)
+    for seed in seeds:
+        add("calibration", seed, 0, cont_ppl_generator_watermarked=cost[0], cont_ppl_generator_plain=cost[1],
+            cont_ppl_reference_watermarked=cost[0], cont_ppl_reference_plain=cost[1])
+    z = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)]) if human_z is None else human_z
+    cal = pd.DataFrame({"seed": 0, "source": "human", "tokens": 64, "z": z, "perplexity_score": 0.0})
+    return ch.ProvenanceResult(base, pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), cal)
+
+
+def _verdicts(res, p=P) -> dict:
+    cl = ch.claims(res, p)
+    assert [c.id for c in cl] == IDS
+    return {c.id: c.verdict for c in cl}
+
+
+def test_claims_reproduced_by_results_that_show_them():
+    v = _verdicts(_result())
+    assert v == {i: REPRODUCED for i in IDS}
+    extra = {c.id: c.extra for c in ch.claims(_result(), P)}
+    assert extra["crawl-rises"]["rise_pct"] == pytest.approx(100 * (150 / 118 - 1))
+    assert extra["oracle-helps"]["none_last_ppl"] == pytest.approx(150 * 1.005)
+    assert extra["watermark-null"]["blocks"] == 256
+
+
+def test_doctored_results_flip_the_verdicts():
+    v = _verdicts(_result(curves={"none": (118, 117, 116, 115, 114)}))
+    assert v["crawl-rises"] == CONTRADICTED
+    assert v["oracle-helps"] == NOT_VISIBLE and v["detector-beats-oracle"] == NOT_VISIBLE  # nothing to prevent
+    v = _verdicts(_result(curves={"watermark": (118, 130, 140, 150, 160), "detector": (118, 122, 124, 126, 128),
+                                  "surplexity": (118, 125, 135, 140, 130)}))
+    assert v["watermark-filter-helps"] == CONTRADICTED and v["detector-beats-oracle"] == CONTRADICTED
+    assert v["surplexity-matches-oracle"] == CONTRADICTED and v["detector-filter-helps"] == REPRODUCED
+    v = _verdicts(_result(auc_full=0.8, auc_min=0.9, cls=(0.7, 0.8, 0.9, 0.95), cost=(30.0, 40.0)))
+    assert v["watermark-detects"] == CONTRADICTED and v["detector-detects"] == CONTRADICTED
+    assert v["detector-drifts"] == CONTRADICTED and v["watermark-cost"] == CONTRADICTED
+    v = _verdicts(_result(human_z=np.linspace(-1, 3, 256)))
+    assert v["watermark-null"] == CONTRADICTED
+    assert _verdicts(_result(radio_none=2.0))["radioactive"] == CONTRADICTED
+    assert _verdicts(_result(radio_oracle=6.0))["radioactive"] == CONTRADICTED  # the control is not clean
+
+
+def test_a_run_too_small_to_tell_is_not_visible():
+    # model 0 within one percent of the base: fine-tuning moved nothing
+    v = _verdicts(_result(base=118.5))
+    assert v["crawl-rises"] == NOT_VISIBLE and v["oracle-helps"] == NOT_VISIBLE and v["radioactive"] == NOT_VISIBLE
+    # one generation: nothing rises, nothing drifts
+    short = {k: c[:2] for k, c in CURVES.items()}
+    v = _verdicts(_result(curves=short), {**P, "generations": 1})
+    assert v["crawl-rises"] == NOT_VISIBLE and v["detector-drifts"] == NOT_VISIBLE
+    # a small calibration set cannot test the null distribution
+    assert _verdicts(_result(human_z=np.zeros(20)))["watermark-null"] == NOT_VISIBLE
+
+
+def test_an_arm_left_out_is_not_visible():
+    res = _result()
+    res.metrics = res.metrics[res.metrics["arm"] != "surplexity"]
+    v = _verdicts(res, {**P, "arms": ["none", "watermark", "detector", "oracle"]})
+    assert v["surplexity-helps"] == NOT_VISIBLE and v["surplexity-matches-oracle"] == NOT_VISIBLE
+    assert v["oracle-helps"] == REPRODUCED
+
+
+# ---------------------------------------------------------------------------------------------
+# the run itself: tiny, serial against parallel; and the smoke page
+# ---------------------------------------------------------------------------------------------
+TINY = {**load_preset("smoke", "06"), "preset": "smoke", "run_name": "", "seeds": 2, "generations": 2,
+        "crawl_blocks": 10, "calibration_blocks": 6, "probe_prompts": 4, "base_blocks": 48, "hidden_size": 16,
+        "num_beams": 2, "gen_batch_size": 16, "test_blocks": 8, "valid_blocks": 8, "tokens": [8, 64]}
+
+
+def test_serial_and_parallel_runs_give_identical_numbers(tmp_path):
+    ch.validate_params(TINY)
+    data = ch.prepare_data(TINY)
+    base = ch.prepare_base(TINY, data, tmp_path / "cache", progress=False)
+    serial = ch.run(TINY, data, base, tmp_path / "serial", progress=False)
+    parallel = ch.run({**TINY, "parallel_runs": 2}, data, base, tmp_path / "parallel", progress=False)
+    pd.testing.assert_frame_equal(serial.metrics, parallel.metrics)
+    pd.testing.assert_frame_equal(serial.bookkeeping, parallel.bookkeeping)
+    m = serial.metrics
+    assert set(m["arm"]) == {*pv.ARMS, "calibration"}
+    # generation 0 is one model shared by every arm
+    g0 = m[(m["generation"] == 0) & (m["metric"] == "test_ppl")].groupby("seed")["value"].nunique()
+    assert (g0 == 1).all()
+    # a tidy AUC metric for every detector and token count
+    for det in pv.DETECTORS:
+        for t in TINY["tokens"]:
+            assert f"auc_{det}_T{t}" in set(m["metric"])
+    # the bookkeeping adds up: every arm's crawl has the plan's size and synthetic count
+    b = serial.bookkeeping
+    assert (b["n_crawl"] == 10).all() and set(b["n_crawl_synthetic"]) == {2, 5}
+    assert (b.loc[b["arm"] == "oracle", "n_kept_synthetic"] == 0).all()
+    # a rerun resumes from the checkpoints and computes the same numbers
+    again = ch.run(TINY, data, base, tmp_path / "serial", progress=False)
+    pd.testing.assert_frame_equal(serial.metrics, again.metrics)
+
+
+@pytest.mark.slow
+def test_chapter_06_smoke_run(smoke_chapter, read_executed, results_tmp):
+    text, images = read_executed(smoke_chapter("06"))
+    assert "produced with the `smoke` preset" in text
+    assert images >= 5
+    run = results_tmp / "06_provenance" / "smoke"
+    m = pd.read_csv(run / "metrics.csv")
+    assert {"experiment", "regime", "seed", "generation", "metric", "value", "arm"} <= set(m.columns)
+    for det in ("watermark", "perplexity", "classifier"):
+        for t in (8, 16, 32, 64):
+            assert f"auc_{det}_T{t}" in set(m.metric)
+    assert (run / "bookkeeping.csv").exists() and (run / "crawl_scores.csv").exists()
+    claims = pd.read_csv(run / "claims.csv")
+    assert list(claims["id"]) == IDS
+    assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
+def test_green_sum_by_windows_equals_the_masked_sum():
+    import torch
+
+    from collapse_utils.provenance import _green_sum
+    from collapse_utils.watermark import GreenList
+
+    for v, gamma, key in ((64, 0.25, 1), (97, 0.5, 2), (10, 0.9, 3)):
+        g = GreenList(v, gamma, key)
+        prev = torch.randint(0, v, (40,), generator=torch.Generator().manual_seed(key))
+        mass = torch.rand(40, v, generator=torch.Generator().manual_seed(key + 10))
+        assert _green_sum(mass, prev, g) == pytest.approx(float((mass.double() * g.mask(prev)).sum()), rel=1e-9)
