@@ -23,6 +23,14 @@ images per second).
     COLLAPSE_DATA_DIR=/path/to/data python benchmarks/bench_vae.py [--images 2048] [--rounds 5] [--parallel]
 
 Timings on a machine shared with other jobs are pessimistic and noisy; compare the ratios.
+
+Part 3 (``--paper-reference``, the yardstick of chapter 03's ``gen0-draws-digits`` claim): trains
+generation 0 the way the paper does -- all 60,000 images, 30 epochs, batch 256, seed 0 -- and prints
+the chapter's classifier's mean top-class probability on images decoded from N(0, I) after every
+``--every`` epochs.  The last line is the value recorded as ``PAPER_GEN0_CONFIDENCE`` in
+``collapse_utils/chapters/vae_mnist.py`` (an hour or more on one CPU thread; minutes on a GPU):
+
+    COLLAPSE_DATA_DIR=/path/to/data python benchmarks/bench_vae.py --paper-reference [--threads 1]
 """
 from __future__ import annotations
 
@@ -115,6 +123,42 @@ def compare_parallel(x, batch: int, threads: int) -> None:
     print(f"ratio parallel runs / one multi-threaded run = {r_par / r_one:.2f}")
 
 
+def paper_reference(threads: int, every: int, n_samples: int, epochs: int = 30, n_train: int | None = None,
+                    batch: int = 256, seed: int = 0) -> float:
+    """Generation 0 with the paper's training budget; the classifier confidence of its prior samples."""
+    from collapse_utils.chapters import vae_mnist as ch
+    from collapse_utils.classifier import class_entropy, predict_proba
+    from collapse_utils.parallel import run_threads
+    import numpy as np
+
+    with run_threads(threads):
+        clf, acc = ch.load_classifier({"classifier_epochs": 1, "classifier_n_train": 60_000,
+                                       "threads_per_run": threads}, progress=False)
+        x, _ = mnist_tensor("train", n_train, seed=0)
+        xt, _ = mnist_tensor("test", 10_000, seed=0)
+        cfg = vae.TrainConfig(epochs=epochs, batch_size=batch, device=vae.resolve_device("auto"))
+        print(f"classifier test accuracy {acc:.4f}; VAE on {len(x)} images, {epochs} epochs, batch {batch}, "
+              f"{threads} threads, device {cfg.device}", flush=True)
+        t0 = time.perf_counter()
+        last = {}
+
+        def measure(epoch, model):
+            if epoch % every and epoch != epochs:
+                return
+            s = vae.decode_prior(model.decoder, n_samples, 12345, device=cfg.device)
+            p = predict_proba(clf, s)
+            frac = np.bincount(p.argmax(1).numpy(), minlength=10) / len(p)
+            last["conf"] = float(p.max(1).values.mean())
+            ne = vae.neg_elbo(model, xt, 1, device=cfg.device)
+            print(f"epoch {epoch:3d}  classifier_confidence {last['conf']:.4f}  class_entropy "
+                  f"{float(class_entropy(frac)):.3f} bits  test_neg_elbo {ne:.2f}  "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+        vae.train_vae(x, cfg, seed=seed, on_epoch=measure)
+    print(f"paper_gen0_confidence = {last['conf']:.4f}  ({n_samples} prior samples)")
+    return last["conf"]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=2048, help="real training images per epoch")
@@ -122,7 +166,14 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--parallel", action="store_true", help="also time the cpu preset's parallel runs")
+    ap.add_argument("--paper-reference", action="store_true",
+                    help="only: generation 0 with the paper's training and its classifier confidence")
+    ap.add_argument("--every", type=int, default=2, help="--paper-reference: measure every this many epochs")
+    ap.add_argument("--samples", type=int, default=10_000, help="--paper-reference: prior samples measured")
     a = ap.parse_args(argv)
+    if a.paper_reference:
+        paper_reference(a.threads, a.every, a.samples)
+        return
     x, y = mnist_tensor("train", a.images, seed=0)
     compare_loops(x, y, a.batch, a.threads, a.rounds)
     if a.parallel:

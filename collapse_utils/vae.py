@@ -241,7 +241,7 @@ def _fixed_batches(x: torch.Tensor, batch_size: int, steps: int, gen: torch.Gene
 
 
 def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progress: bool = False,
-              model: VAE | None = None) -> tuple[VAE, list[float]]:
+              model: VAE | None = None, on_epoch=None) -> tuple[VAE, list[float]]:
     """Fit a fresh VAE (or continue ``model``) on ``data``; returns (model in eval mode, loss history).
 
     ``data``: a float tensor (n, 1, 28, 28) in [0, 1] or a :class:`FreshSynthetic`.
@@ -249,6 +249,8 @@ def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progr
     The history holds the mean negative ELBO per image of each block of ``ceil(n / batch)`` steps
     (one epoch); losses stay on the device until a block ends, so the loop never waits on them
     per batch.  Deterministic under ``seed``.
+    ``on_epoch(epoch, model)``: called after every block (epoch numbers from 1), e.g. to measure
+    a learning curve; the model is put back into training mode afterwards.
     """
     from tqdm.auto import tqdm
 
@@ -281,6 +283,10 @@ def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progr
         if step % per_epoch == 0 or step == steps:
             history.append(float(running) / seen)
             running, seen = torch.zeros((), device=dev), 0
+            if on_epoch is not None:
+                with torch.no_grad():
+                    on_epoch(len(history), model)
+                model.train()
         bar.update()
     bar.close()
     return model.eval(), history

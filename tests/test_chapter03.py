@@ -16,7 +16,8 @@ from collapse_utils.chapters import vae_mnist as ch
 from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
 
 CONDITIONS = ["replace/fresh", "replace/fixed", "keep_real(0.1)/fixed", "accumulate/fixed"]
-PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "conditions": CONDITIONS}
+PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "conditions": CONDITIONS,
+          "grid_generations": [0, 1, 2, 3]}
 
 
 def balanced(k: int = 10) -> np.ndarray:
@@ -25,9 +26,10 @@ def balanced(k: int = 10) -> np.ndarray:
     return f
 
 
-def make_study(spread, entropy, nelbo, fracs=None, seeds=2, generations=3) -> ch.Study:
+def make_study(spread, entropy, nelbo, fracs=None, seeds=2, generations=3, confidence=None) -> ch.Study:
     """A Study from per-condition trajectories: ``spread[label](g) -> value`` etc. (the same for every
-    seed up to a small seed offset; ``fracs[label](g) -> 10 shares``)."""
+    seed up to a small seed offset; ``fracs[label](g) -> 10 shares``; ``confidence(g, seed)`` the
+    classifier confidence, the same in every condition)."""
     conds = [ch.parse_condition(c) for c in CONDITIONS]
     rows = []
     for cond in conds:
@@ -37,6 +39,8 @@ def make_study(spread, entropy, nelbo, fracs=None, seeds=2, generations=3) -> ch
                 vals = {"latent_spread": spread[cond.label](g) * jitter,
                         "class_entropy": entropy[cond.label](g) * jitter,
                         "test_neg_elbo": nelbo[cond.label](g) * jitter}
+                if confidence is not None:
+                    vals["classifier_confidence"] = confidence(g, s)
                 if fracs is not None:
                     vals.update({f"frac_{d}": float(v) for d, v in enumerate(fracs[cond.label](g))})
                 rows += [{"condition": cond.label, "regime": cond.regime, "synthetic": cond.synthetic, "seed": s,
@@ -44,7 +48,7 @@ def make_study(spread, entropy, nelbo, fracs=None, seeds=2, generations=3) -> ch
     return ch.Study(pd.DataFrame(rows), pd.DataFrame(), {}, conds, list(range(seeds)), steps=141)
 
 
-def collapsing(seeds=2, generations=3, gen0_entropy=3.2):
+def collapsing(seeds=2, generations=3, gen0_entropy=3.2, confidence=lambda g, s: 0.9 - 0.05 * g):
     """What the paper reports: under replace the spread and entropy fall and the real-test ELBO rises;
     accumulate and keep_real rise less."""
     labels = [ch.parse_condition(c).label for c in CONDITIONS]
@@ -53,7 +57,7 @@ def collapsing(seeds=2, generations=3, gen0_entropy=3.2):
     spread = {lab: (lambda g: 4.0 * 0.85 ** g) for lab in labels}
     entropy = {lab: (lambda g: gen0_entropy - 0.3 * g) for lab in labels}
     nelbo = {lab: (lambda g, r=rise[lab]: 120.0 + r * g) for lab in labels}
-    return make_study(spread, entropy, nelbo, seeds=seeds, generations=generations)
+    return make_study(spread, entropy, nelbo, seeds=seeds, generations=generations, confidence=confidence)
 
 
 def verdicts(study, params=PARAMS):
@@ -62,7 +66,7 @@ def verdicts(study, params=PARAMS):
 
 def test_a_collapsing_run_reproduces_every_claim():
     cl = ch.claims(collapsing(), PARAMS)
-    assert len(cl) >= 4 and all(c.verdict == REPRODUCED for c in cl), [(c.id, c.verdict) for c in cl]
+    assert len(cl) >= 6 and all(c.verdict == REPRODUCED for c in cl), [(c.id, c.verdict) for c in cl]
     assert all(c.evidence.startswith("fig-03-") for c in cl)
     spread = next(c for c in cl if c.id == "spread-shrinks")
     assert spread.extra["gen0"] == pytest.approx(4.0 * 1.005)  # median of the two seeds
@@ -110,7 +114,43 @@ def test_seeds_that_disagree_are_not_visible():
 ])
 def test_too_small_runs_are_not_visible(kw, params):
     study = collapsing(**kw)
-    assert set(verdicts(study, params).values()) == {NOT_VISIBLE}
+    v = verdicts(study, params)
+    if kw.get("generations") == 1:  # generation 0 itself can be judged after one generation
+        assert v.pop("gen0-draws-digits") == REPRODUCED
+    assert set(v.values()) == {NOT_VISIBLE}
+
+
+@pytest.mark.parametrize("paper,floor_used", [(0.78, False), (0.95, True), (float("nan"), True)])
+def test_generation_zero_must_draw_digits(monkeypatch, paper, floor_used):
+    """gen0-draws-digits: every seed's generation-0 confidence reaches the paper-trained value less the
+    tolerance, or the floor where that is lower; one seed short of it (or no seed) is not a pass."""
+    monkeypatch.setattr(ch, "PAPER_GEN0_CONFIDENCE", paper)
+    thr, words = ch.gen0_confidence_threshold()
+    assert thr == pytest.approx(ch.GEN0_CONFIDENCE_FLOOR if floor_used else paper - ch.GEN0_CONFIDENCE_TOLERANCE)
+    assert ("within" in words) != floor_used
+
+    def claim(conf):
+        return ch.gen0_claim(collapsing(confidence=conf), PARAMS)
+
+    good = claim(lambda g, s: thr + 0.01 - 0.05 * g)
+    assert good.verdict == REPRODUCED and good.extra["threshold"] == pytest.approx(thr)
+    assert good.extra["gen0"] == pytest.approx(thr + 0.01)
+    assert claim(lambda g, s: thr - 0.01).verdict == CONTRADICTED           # both seeds short
+    assert claim(lambda g, s: thr + (0.01 if s == 0 else -0.01)).verdict == NOT_VISIBLE  # seeds disagree
+    blur = ch.gen0_claim(collapsing(gen0_entropy=0.0, confidence=lambda g, s: 0.3), PARAMS)
+    assert blur.verdict == NOT_VISIBLE  # a generation 0 that makes one digit only: too small to tell
+    none = ch.gen0_claim(collapsing(confidence=None), PARAMS)
+    assert none.verdict == NOT_VISIBLE and math.isnan(none.extra["gen0"])
+
+
+def test_measured_paper_reference_is_recorded():
+    """The paper-trained generation 0's confidence is a measured number between chance and certainty, and
+    the criterion the page states is the one the claim uses."""
+    paper = ch.PAPER_GEN0_CONFIDENCE
+    assert 0.1 < paper < 1.0
+    thr, words = ch.gen0_confidence_threshold()
+    assert thr == pytest.approx(min(ch.GEN0_CONFIDENCE_FLOOR, paper - ch.GEN0_CONFIDENCE_TOLERANCE))
+    assert f"{thr:.2f}"[:3] in words
 
 
 def test_missing_conditions_are_not_visible():
@@ -158,6 +198,29 @@ def test_fading_digits_ranks_the_digits_that_vanish():
     assert ch.faded_digits(study, "replace / fresh") == [7]
     assert fd.digit.iloc[-1] == 9 and not fd.present_gen0.iloc[-1]
     assert ch.summary(study).faded_digits.iloc[0] == "7"
+
+
+def test_spread_note_lists_every_generation_of_every_condition():
+    note = ch.spread_note(collapsing())
+    lines = note.splitlines()
+    assert len(lines) == len(CONDITIONS) and all(ln.startswith("- `") for ln in lines)
+    # replace / fresh: medians over the two seeds (offset 1 %) of 4.0 * 0.85^g, g = 0..3
+    want = " → ".join(f"{4.0 * 1.005 * 0.85 ** g:.2f}" for g in range(4))
+    assert want in lines[0] and f"×{0.85 ** 3:.2f}" in lines[0]
+
+
+def test_elbo_rise_note_names_every_condition_run():
+    note = ch.elbo_rise_note(collapsing())  # rises per generation: 20, 20, 10, 3 nats; 3 generations
+    assert note.count("nats under") == len(CONDITIONS)
+    assert f"{60 * 1.005:+.1f} nats under `replace / fresh`" in note
+    assert f"{9 * 1.005:+.1f} nats under `accumulate / fixed`" in note
+
+
+def test_grid_generations_are_those_the_run_has():
+    study = collapsing()
+    study.artifacts = {(c.label, s): {g: {} for g in range(4)} for c in study.conditions for s in study.seeds}
+    assert ch.grid_generations(study, [20, 0, 10, 5, 3]) == [0, 3]
+    assert ch.grid_generations(study) == [0, 1, 2, 3]
 
 
 def test_page_numbers_and_steps():

@@ -231,7 +231,13 @@ def test_presets_match_and_validate():
     assert {k: v for k, v in defaults.items() if k not in ("preset", "run_name")} == load_preset("cpu", "03")
     paper = load_preset("paper", "03")
     assert paper["n_train"] == 60_000 and paper["epochs"] == 30 and paper["batch_size"] == 256
-    assert paper["generations"] >= 5 and paper["seeds"] == 5
+    # the paper's sample figure: the original model and generations 5, 10 and 20
+    assert paper["generations"] == 20 and paper["grid_generations"] == [0, 5, 10, 20] and paper["seeds"] == 5
+    cpu = load_preset("cpu", "03")
+    assert cpu["generations"] >= 5 and cpu["seeds"] >= 2  # the official notebook's 5 generations
+    for name in ("smoke", "cpu", "paper"):
+        p = load_preset(name, "03")
+        assert set(p["grid_generations"]) <= set(range(p["generations"] + 1)), name
 
 
 def test_another_thread_count_differs_by_less_than_another_seed(mnist_ok):
@@ -259,12 +265,17 @@ def test_another_thread_count_differs_by_less_than_another_seed(mnist_ok):
 
 def test_bad_parameters_give_one_error_listing_all():
     p = tiny_params(seeds=0, conditions=["accumulate/fresh", "replace/fixed", "replace/fixed"], n_train=10,
-                    device="tpu", parallel_runs=0, threads_per_run=2)
+                    device="tpu", parallel_runs=0, threads_per_run=2, grid_generations=[5, 10])
     with pytest.raises(ParamError) as err:
         ch.validate_params(p)
     msg = str(err.value)
-    for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device", "parallel_runs"):
+    for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device", "parallel_runs",
+                 "grid_generations [5, 10] names no generation of this run (0 to 2)"):
         assert word in msg
+    for bad in ([], [-1, 0], [0, 0], "0,1"):
+        with pytest.raises(ParamError, match="grid_generations"):
+            ch.validate_params(tiny_params(grid_generations=bad))
+    ch.validate_params(tiny_params(grid_generations=[0, 5, 10, 20]))  # later ones are left out of the figure
 
 
 # -- the classifier ----------------------------------------------------------------------------
