@@ -149,9 +149,12 @@ def test_interrupted_book_leaves_no_half_written_page(tmp_path):
     started = time.time()
     # a fresh results folder and more generations than smoke's: with warm caches the smoke run can end within
     # papermill's first autosave of the partial page, i.e. before the signal arrives
+    # SIGINT back to its default in the child: a process started with SIGINT ignored (as a test runner's
+    # children may be) keeps ignoring it, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(_cli("run", "03", "--preset", "smoke", "-p", "generations=8", "--output-dir", str(gen)),
                             env=_env(COLLAPSE_RESULTS_DIR=tmp_path / "results-sigint"), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(lambda: (partial.exists() and partial.stat().st_mtime > started) or time.time() - started > 10, proc,
               what="chapter 03 to start")
     time.sleep(1.0)
