@@ -150,7 +150,7 @@ def test_measured_paper_reference_is_recorded():
     assert 0.1 < paper < 1.0
     thr, words = ch.gen0_confidence_threshold()
     assert thr == pytest.approx(min(ch.GEN0_CONFIDENCE_FLOOR, paper - ch.GEN0_CONFIDENCE_TOLERANCE))
-    assert f"{thr:.2f}"[:3] in words
+    assert f"{thr:.4f}" in words
 
 
 def test_missing_conditions_are_not_visible():

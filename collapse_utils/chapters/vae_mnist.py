@@ -655,7 +655,7 @@ def gen0_confidence_threshold() -> tuple[float, str]:
     rel = paper - GEN0_CONFIDENCE_TOLERANCE if finite(paper) else float("nan")
     if finite(rel) and rel < GEN0_CONFIDENCE_FLOOR:
         return rel, (f"within {GEN0_CONFIDENCE_TOLERANCE:.2f} of the paper-trained generation 0's "
-                     f"{paper:.3f}, i.e. at least {rel:.3f}")
+                     f"{paper:.4f}, i.e. at least {rel:.4f}")
     return GEN0_CONFIDENCE_FLOOR, f"at least {GEN0_CONFIDENCE_FLOOR:.2f}"
 
 
@@ -681,7 +681,7 @@ def gen0_claim(study: Study, params: dict) -> Claim:
                     f"{len(holds)} seeds")
     return Claim("gen0-draws-digits",
                  "The original model (generation 0) draws recognisable digits, as in the paper's sample figure",
-                 f"digits (sample figure); {PAPER_GEN0_CONFIDENCE:.3f} for a generation 0 trained as in the paper "
+                 f"digits (sample figure); {PAPER_GEN0_CONFIDENCE:.4f} for a generation 0 trained as in the paper "
                  f"(measured here)" if finite(PAPER_GEN0_CONFIDENCE) else "digits (sample figure)",
                  measured, "fig-03-entropy", _by_seeds(holds, visible), extra=extra)
 
