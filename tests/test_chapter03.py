@@ -16,7 +16,7 @@ from collapse_utils.chapters import vae_mnist as ch
 from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
 
 CONDITIONS = ["replace/fresh", "replace/fixed", "keep_real(0.1)/fixed", "accumulate/fixed"]
-PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "conditions": CONDITIONS,
+PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "lr": 1e-3, "conditions": CONDITIONS,
           "grid_generations": [0, 1, 2, 3]}
 
 
@@ -227,6 +227,6 @@ def test_page_numbers_and_steps():
     study = collapsing()
     nums = ch.page_numbers(study, PARAMS)
     assert nums["steps"] == 141 == ch.steps_per_generation(PARAMS)  # 3 * ceil(3000 / 64)
-    assert nums["seeds"] == 2 and nums["last_generation"] == 3
+    assert nums["seeds"] == 2 and nums["last_generation"] == 3 and nums["lr"] == 1e-3
     assert nums["gen0_entropy"] == pytest.approx(3.2 * 1.005)
     assert math.isnan(nums["real_spread"])  # no artifacts in a made-up study

@@ -111,7 +111,7 @@ def setup_torch(threads: int = 1) -> None:
 
 def train_config(params: dict) -> vae.TrainConfig:
     return vae.TrainConfig(latent_dims=params.get("latent_dims", 20), capacity=params.get("capacity", 64),
-                           epochs=params["epochs"], batch_size=params["batch_size"], lr=params.get("lr", 1e-3),
+                           epochs=params["epochs"], batch_size=params["batch_size"], lr=float(params["lr"]),
                            weight_decay=params.get("weight_decay", 1e-5),
                            device=vae.resolve_device(params["device"]))
 
@@ -237,6 +237,7 @@ def validate_params(params: dict) -> None:
     c = Checker(params, "03")
     c.int("seed", 0).int("seeds", 1, 100).int("generations", 1, 1000)
     c.int("n_train", 256, 60_000).int("epochs", 1, 1000).int("batch_size", 1, 60_000)
+    c.float("lr", 0.0, 1.0, open_lo=True)
     c.int("n_eval", 100, 100_000).int("n_test_eval", 100, 10_000).int("data_seed", 0)
     c.int("classifier_epochs", 1, 100).int("classifier_n_train", 1000, 60_000)
     c.int("threads_per_run", 1, 256).int("parallel_runs", 1, 256)
@@ -787,6 +788,7 @@ def page_numbers(study: Study, params: dict) -> dict:
         "last_generation": int(params["generations"]),
         "steps": int(study.steps or steps_per_generation(params)),
         "n_train": int(params["n_train"]),
+        "lr": float(params["lr"]),
         "gen0_entropy": gen0_entropy(study),
         "gen0_spread": _med(spread[0]) if spread is not None else float("nan"),
         "real_spread": _med([vae.latent_stats(r)["latent_spread"] for r in real]) if real else float("nan"),
