@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -285,5 +287,17 @@ def test_bad_input_gets_one_clear_message_before_compute(what, argv, env, messag
 def test_catalogue_is_published_in_the_readme():
     readme = (ROOT / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| ")]
-    for what, *_ in CATALOGUE:
-        assert any(line.startswith(f"| {what} |") for line in rows), f"README's bad-input table lacks {what!r}"
+    for what, argv, env, message in CATALOGUE:
+        row = next((line for line in rows if line.startswith(f"| {what} |")), None)
+        assert row is not None, f"README's bad-input table lacks {what!r}"
+        _, example, shown = [c.strip() for c in row.strip().strip("|").split(" | ")][:3]
+        # the example, as a shell would split it, is the tested command (environment prefixes aside)
+        lex = shlex.shlex(example.strip("`"), posix=True, punctuation_chars=True)  # ( ) ; & | as bash sees them
+        lex.whitespace_split = True
+        words = list(lex)
+        words = words[words.index("python"):]
+        if not any("{" in a for a in argv):
+            assert words == ["python", "-m", "collapse_utils", *argv], f"README example for {what!r}: {example}"
+        # and the message shown is one the test accepts (multi-line messages are joined with " — ")
+        if not shown.endswith("…") and not any("{" in v for v in env.values()) and "<" not in shown:
+            assert re.search(message, shown.replace(" — ", "\n  - "), re.S), f"README message for {what!r}: {shown}"
