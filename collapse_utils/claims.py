@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["VERDICTS", "Claim", "judge", "finite", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
+__all__ = ["VERDICTS", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
            "read_claims", "scorecard_markdown"]
 
 REPRODUCED, NOT_VISIBLE, CONTRADICTED = VERDICTS = ("reproduced", "not visible at this preset", "contradicted")
@@ -58,6 +58,26 @@ def judge(holds: bool, visible: bool = True) -> str:
 
 def finite(*xs: float) -> bool:
     return all(x is not None and math.isfinite(float(x)) for x in xs)
+
+
+def direction(x, alpha: float = 0.05) -> int:
+    """+1 (-1) when per-seed values are significantly above (below) 0 by a one-sided t-test at level
+    ``alpha``, else 0.  Non-finite values are dropped; values without spread (e.g. every seed's tail
+    mass is 0) decide by their sign; fewer than two values give 0."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return 0
+    if np.ptp(x) == 0:
+        return int(np.sign(x[0]))
+    if stats.ttest_1samp(x, 0.0, alternative="greater").pvalue < alpha:
+        return 1
+    if stats.ttest_1samp(x, 0.0, alternative="less").pvalue < alpha:
+        return -1
+    return 0
 
 
 def claims_frame(claims: list[Claim], chapter: str | None = None) -> pd.DataFrame:

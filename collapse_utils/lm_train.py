@@ -41,6 +41,7 @@ __all__ = [
     "get_accelerator",
     "load_model",
     "main",
+    "token_nll",
     "new_local_model",
     "perplexity_stats",
     "sequence_nll",
@@ -210,6 +211,24 @@ def _device():
     return get_accelerator().device
 
 
+def _token_losses(model, blocks: torch.Tensor, batch_size: int):
+    """Per-token next-token losses (float32, on the CPU), one (batch, length - 1) tensor per batch."""
+    dev = _device()
+    model = model.to(dev).eval()
+    with torch.no_grad():
+        for i in range(0, len(blocks), batch_size):
+            b = blocks[i:i + batch_size].long().to(dev)
+            logits = model(input_ids=b).logits[:, :-1].float()
+            yield torch.nn.functional.cross_entropy(logits.transpose(1, 2), b[:, 1:], reduction="none").cpu()
+
+
+def token_nll(model, blocks: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Per-token negative log-likelihood (nats) of every block: array (n, length - 1); entry ``j`` is the
+    loss of token ``j + 1`` given the tokens before it (row means are :func:`sequence_nll`)."""
+    out = list(_token_losses(model, blocks, batch_size))
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, blocks.shape[1] - 1))
+
+
 def sequence_nll(model, blocks: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Mean next-token negative log-likelihood of every block (nats), one value per sequence.
 
@@ -217,15 +236,7 @@ def sequence_nll(model, blocks: torch.Tensor, batch_size: int = 64) -> np.ndarra
     each sequence -- not per batch as in the official code -- so ``exp`` of the result is each
     sequence's own perplexity.
     """
-    dev = _device()
-    model = model.to(dev).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            b = blocks[i:i + batch_size].long().to(dev)
-            logits = model(input_ids=b).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), b[:, 1:], reduction="none")
-            out.append(nll.mean(dim=1).cpu())
+    out = [nll.mean(dim=1) for nll in _token_losses(model, blocks, batch_size)]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 

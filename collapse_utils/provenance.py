@@ -32,9 +32,7 @@ beam-search outputs and the calibration beside the model that made them), so arm
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
-import json
 import os
 import pickle
 import sys
@@ -48,8 +46,10 @@ import torch
 
 from .engine import GenerationContext, source_hash
 from .lm import Base, FittedLM, LMCollapse
+from .lm import _sha as _hash
 from .lm_data import LMData, diversity
-from .lm_train import generate_continuations, get_accelerator, load_model, perplexity_stats, sequence_nll
+from .lm_train import (generate_continuations, get_accelerator, load_model, perplexity_stats, sequence_nll,
+                       token_nll)
 from .seeding import make_rng
 from .watermark import GreenList, WatermarkLogitsProcessor, green_share_unique, z_scores
 
@@ -120,20 +120,6 @@ def crawl_plan(n_pool: int, crawl_blocks: int, generations: int, final_share: fl
 # --------------------------------------------------------------------------------------------
 # scores: token losses, features, the detector, AUC
 # --------------------------------------------------------------------------------------------
-def token_nll(model, blocks: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Per-token negative log-likelihood (nats) of every block: array (n, length - 1); entry ``j`` is the
-    loss of token ``j + 1`` given the tokens before it (row means are :func:`~collapse_utils.lm_train.sequence_nll`)."""
-    dev = get_accelerator().device
-    model = model.to(dev).eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            b = blocks[i:i + batch_size].long().to(dev)
-            logits = model(input_ids=b).logits[:, :-1].float()
-            out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), b[:, 1:], reduction="none").cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, blocks.shape[1] - 1))
-
-
 def green_mass_matrix(model, blocks: torch.Tensor, vocab_size: int, batch_size: int = 64):
     """What a model predicts after every token of ``blocks``, summed by the token it has just read:
     (distinct previous tokens, matrix distinct-previous x vocabulary of summed next-token probabilities,
@@ -354,17 +340,6 @@ class CrawlSettings:
     def __post_init__(self):
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}")
-
-
-def _hash(*objs) -> str:
-    h = hashlib.sha256()
-    for x in objs:
-        if isinstance(x, torch.Tensor):
-            h.update(x.contiguous().numpy().tobytes())
-            h.update(str(tuple(x.shape)).encode())
-        else:
-            h.update(json.dumps(x, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=1)

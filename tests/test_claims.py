@@ -44,3 +44,15 @@ def test_typed_numbers_finds_results_outside_maths_code_and_citations(text, expe
 def test_frame_columns():
     df = C.claims_frame([C.Claim("a", "s", "p", "m", "fig-01-x", "reproduced")], "01")
     assert list(df.columns) == C.COLUMNS and isinstance(df, pd.DataFrame)
+
+
+def test_direction_is_a_one_sided_t_test_over_seeds():
+    from collapse_utils.claims import direction
+
+    assert direction([1.0, 2.0, 3.0, 2.5]) == 1
+    assert direction([-1.0, -2.0, -1.5, -1.2]) == -1
+    assert direction([1.0, -1.0, 0.5, -0.4]) == 0  # no significant sign
+    assert direction([0.3, 0.1, 0.2], alpha=1e-6) == 0  # significant at 5 % but not at this level
+    assert direction([0.3, 0.1, 0.2]) == 1
+    assert direction([2.0, 2.0]) == 1 and direction([0.0, 0.0, 0.0]) == 0  # no spread: the sign decides
+    assert direction([float("nan"), 1.0]) == 0  # fewer than two finite values

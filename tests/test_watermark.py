@@ -12,7 +12,6 @@ from collapse_utils.watermark import (
     GreenList,
     WatermarkLogitsProcessor,
     green_counts,
-    green_share_pairs,
     green_share_unique,
     z_from_counts,
     z_scores,

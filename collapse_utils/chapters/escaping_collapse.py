@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, finite, judge
+from ..claims import Claim, direction, finite, judge
 from ..config import Checker
 from ..engine import record_generations, run_recursion
 from ..gaussian import gaussian_theory, real_data as gaussian_real_data
@@ -464,20 +464,8 @@ def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _direction(x, alpha: float = ALPHA) -> int:
-    """+1 (-1) when per-seed values are significantly above (below) 0 (one-sided t-tests), else 0."""
-    from scipy import stats
-
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) < 2:
-        return 0
-    if np.ptp(x) == 0:
-        return int(np.sign(x[0]))
-    if stats.ttest_1samp(x, 0.0, alternative="greater").pvalue < alpha:
-        return 1
-    if stats.ttest_1samp(x, 0.0, alternative="less").pvalue < alpha:
-        return -1
-    return 0
+    """:func:`collapse_utils.claims.direction` at this chapter's level ALPHA."""
+    return direction(x, alpha)
 
 
 def regression_table(result: Result) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, finite, judge
+from ..claims import Claim, direction, finite, judge
 from ..engine import record_generations
 from ..config import Checker
 from ..gmm import (
@@ -477,21 +477,8 @@ CLOSE = 3.0         # "close": accumulate's distance to the truth at most this m
 
 
 def _direction(x, alpha: float = ALPHA) -> int:
-    """+1 (-1) when per-seed values are significantly above (below) 0 by a one-sided t-test, else 0.
-    Values without spread (e.g. every seed's tail mass is 0) decide by their sign."""
-    from scipy import stats
-
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    if len(x) < 2:
-        return 0
-    if np.ptp(x) == 0:
-        return int(np.sign(x[0]))
-    if stats.ttest_1samp(x, 0.0, alternative="greater").pvalue < alpha:
-        return 1
-    if stats.ttest_1samp(x, 0.0, alternative="less").pvalue < alpha:
-        return -1
-    return 0
+    """:func:`collapse_utils.claims.direction` at this chapter's level ALPHA."""
+    return direction(x, alpha)
 
 
 def _select(m: pd.DataFrame, **where) -> pd.DataFrame:

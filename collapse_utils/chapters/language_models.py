@@ -445,7 +445,7 @@ def penalty_choice_markdown(claims: list[Claim], p: dict) -> str:
                  "says little about what the paper's OPT-125m does. "
                  + ("This run shows that loop. " if loops else "This run does not show that loop, so the choice "
                     "rests on other runs; the ablation's claims below hold either way. ")
-                 + (f"With either penalty, model 0's text has less than half the distinct word pairs of the real text."
+                 + ("With either penalty, model 0's text has less than half the distinct word pairs of the real text."
                     if finite(real) and max(g_lo, g_hi) < 0.5 * real else ""))
     else:
         text += (f"This run generates with penalty {main:g}"
