@@ -62,7 +62,7 @@ import torch
 
 from .engine import progress_disabled
 
-__all__ = ["beam_search", "fast_beam_supported", "fast_beam_unsupported_reason"]
+__all__ = ["beam_search", "fast_beam_supported", "fast_beam_unsupported_reason", "rowwise_processor"]
 
 # fields of the model's generation_config that would add a logits processor or change the search of
 # greedy / beam search (generate fills unset fields of the config it is given from the model's)
@@ -270,6 +270,13 @@ def _inline_matches(model, prompts: torch.Tensor) -> bool:
 _INLINE_OK: dict = {}
 
 
+def rowwise_processor(proc) -> bool:
+    """Whether a logits processor declares itself row-wise (a class attribute ``rowwise = True``): row ``i``
+    of its output depends on row ``i`` of ``input_ids`` and ``scores`` alone, so it gives the same numbers
+    whatever the order of the rows (e.g. :class:`collapse_utils.watermark.WatermarkLogitsProcessor`)."""
+    return getattr(proc, "rowwise", False) is True
+
+
 def _penalise_(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> None:
     """generate's RepetitionPenaltyLogitsProcessor, in place: every token id in a row of ``history``
     (prompt + generated so far) gets ``score * penalty`` if ``score < 0`` else ``score / penalty``."""
@@ -278,7 +285,7 @@ def _penalise_(scores: torch.Tensor, history: torch.Tensor, penalty: float) -> N
 
 
 def _search_batch(model, forward, prompts: torch.Tensor, new_tokens: int, num_beams: int, penalty: float,
-                  eos: int, stats: dict) -> torch.Tensor:
+                  eos: int, stats: dict, processors=()) -> torch.Tensor:
     """One chunk of prompts (what one ``generate`` call gets): LongTensor (len(prompts), new_tokens)."""
     cfg = model.config
     b, L = prompts.shape
@@ -314,13 +321,16 @@ def _search_batch(model, forward, prompts: torch.Tensor, new_tokens: int, num_be
             if penalty != 1.0:
                 _penalise_(logits, hist[:, :L + t], penalty)
             logits[:, eos] = -math.inf
+            for proc in processors:
+                logits = proc(hist[:, :L + t], logits)
             hist[:, L + t] = torch.argmax(logits, dim=-1)
         return hist[:, L:].clone()
-    return _beam_loop(model, forward, logits, kv, hist, b, nb, L, new_tokens, vocab, penalty, eos, stats)
+    return _beam_loop(model, forward, logits, kv, hist, b, nb, L, new_tokens, vocab, penalty, eos, stats,
+                      processors)
 
 
 def _beam_loop(model, forward, logits, kv, hist, b, nb, L, new_tokens, vocab, penalty, eos,
-               stats) -> torch.Tensor:
+               stats, processors=()) -> torch.Tensor:
     """generate's beam search over the buffer rows (see the module docstring).
 
     generate keeps beam ``j`` of prompt ``g`` in row ``g * nb + j`` and moves every row's cache when the
@@ -359,6 +369,8 @@ def _beam_loop(model, forward, logits, kv, hist, b, nb, L, new_tokens, vocab, pe
         if use_penalty:
             _penalise_(logp, hist[:, :L + t], penalty)
         logp[:, eos] = neg_inf
+        for proc in processors:  # row-wise processors (checked by the caller): buffer order is fine
+            logp = proc(hist[:, :L + t], logp)
         logp += running[:, None]
         vals, idx = torch.topk(logp.view(b, nb * vocab), k=k2 + 1)
         v_np = vals.numpy()
@@ -441,7 +453,7 @@ def _beam_loop(model, forward, logits, kv, hist, b, nb, L, new_tokens, vocab, pe
 
 def beam_search(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: int = 5,
                 repetition_penalty: float = 1.0, batch_size: int = 32, progress: bool = False,
-                desc: str = "beam search", stats: dict | None = None) -> torch.Tensor:
+                desc: str = "beam search", stats: dict | None = None, logits_processor=None) -> torch.Tensor:
     """Exactly ``new_tokens`` tokens after every prompt: LongTensor (n, new_tokens), token for token what
     ``model.generate`` returns after the prompt when called on the same ``batch_size`` chunks of
     ``prompts`` with ``num_beams``, ``do_sample=False``, ``min_new_tokens = max_new_tokens = new_tokens``,
@@ -450,8 +462,12 @@ def beam_search(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: i
 
     ``stats`` (a dict, optional) receives counters: ``steps``, ``reranked`` (prompt-steps ranked again
     in generate's order because of ties), ``kv_rows_copied`` / ``kv_positions_copied`` and
-    ``inline`` (whether the written-out layers were used).  Raises ``ValueError`` listing every problem
-    when the fast path does not apply (:func:`fast_beam_unsupported_reason`); call ``generate`` then.
+    ``inline`` (whether the written-out layers were used).  ``logits_processor``: extra processors that
+    ``generate`` would get in its ``logits_processor`` list (it applies them after the built-in ones, and
+    so does this); only *row-wise* ones (:func:`rowwise_processor`), whose output row depends on that
+    row's tokens and scores alone, since the beams are not kept in generate's row order.  Raises
+    ``ValueError`` listing every problem when the fast path does not apply
+    (:func:`fast_beam_unsupported_reason`); call ``generate`` then.
     """
     from tqdm.auto import tqdm
 
@@ -465,6 +481,10 @@ def beam_search(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: i
     why = fast_beam_unsupported_reason(model, prompts, new_tokens, num_beams)
     if why:
         problems.append(why)
+    processors = tuple(logits_processor or ())
+    odd = [type(p).__name__ for p in processors if not rowwise_processor(p)]
+    if odd:
+        problems.append(f"logits processors not marked row-wise: {', '.join(odd)}")
     if problems:
         raise ValueError("fast beam search does not apply: " + "; ".join(problems))
     counters = {"steps": 0, "reranked": 0, "kv_rows_copied": 0, "kv_positions_copied": 0}
@@ -478,7 +498,7 @@ def beam_search(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: i
         forward = _forward_inline if inline else _forward_modules
         for s in tqdm(range(0, n, batch_size), desc=desc, leave=False, disable=progress_disabled(progress)):
             chunks.append(_search_batch(model, forward, prompts[s:s + batch_size], new_tokens, num_beams,
-                                        float(repetition_penalty), eos, counters))
+                                        float(repetition_penalty), eos, counters, processors))
     if stats is not None:
         stats.update(counters, inline=bool(inline) if n else False)
     return torch.cat(chunks) if chunks else torch.zeros(0, new_tokens, dtype=torch.long)

@@ -257,8 +257,8 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
     """Beam-search exactly ``new_tokens`` tokens after every prompt block: LongTensor (n, new_tokens).
 
     Deterministic (no sampling).  ``model.generate`` does the search, except where
-    :func:`collapse_utils.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in one process, no
-    extra processors), which gives the same tokens as ``generate`` without its per-step overhead (tested
+    :func:`collapse_utils.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in one process, extra
+    processors only if row-wise, as the watermark is), which gives the same tokens as ``generate`` without its per-step overhead (tested
     token for token in ``tests/test_lm_beam.py``).  ``logits_processor``: extra ``transformers`` logits
     processors (e.g. a watermark), applied after the built-in ones as ``generate`` applies them.  With several
     ``accelerate launch`` processes the prompts are split between them and the continuations gathered
@@ -270,13 +270,14 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
     acc = get_accelerator()
     dev = acc.device
     model = model.to(dev).eval()
-    if fast and not logits_processor and acc.num_processes == 1:
+    if fast and acc.num_processes == 1:
         # small OPT on a CPU: the same search as generate's, token for token, without its per-step overhead
-        from .lm_beam import beam_search, fast_beam_unsupported_reason
+        from .lm_beam import beam_search, fast_beam_unsupported_reason, rowwise_processor
 
-        if fast_beam_unsupported_reason(model, prompts, new_tokens, num_beams) is None:
+        if (fast_beam_unsupported_reason(model, prompts, new_tokens, num_beams) is None
+                and all(rowwise_processor(p) for p in logits_processor or ())):
             return beam_search(model, prompts, new_tokens, num_beams, repetition_penalty, batch_size,
-                               progress=progress, desc=desc)
+                               progress=progress, desc=desc, logits_processor=logits_processor)
     cfg = model.config
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 1
     eos = cfg.eos_token_id if cfg.eos_token_id is not None else 2

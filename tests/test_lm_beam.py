@@ -28,9 +28,9 @@ def _model(vocab=256, hidden=32, layers=2, heads=2, seed=0, max_positions=64, at
     return AutoModelForCausalLM.from_config(cfg, **kw).eval()
 
 
-def _generate(model, prompts, new_tokens, num_beams, penalty, batch_size):
+def _generate(model, prompts, new_tokens, num_beams, penalty, batch_size, processors=None):
     """Exactly the call of ``lm_train.generate_continuations`` (one process)."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     gcfg = GenerationConfig(num_beams=num_beams, do_sample=False, min_new_tokens=new_tokens,
                             max_new_tokens=new_tokens, repetition_penalty=penalty, pad_token_id=1, eos_token_id=2,
@@ -39,7 +39,8 @@ def _generate(model, prompts, new_tokens, num_beams, penalty, batch_size):
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
             x = prompts[s:s + batch_size]
-            out.append(model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gcfg)[:, x.shape[1]:])
+            out.append(model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=gcfg,
+                                      logits_processor=LogitsProcessorList(processors or []))[:, x.shape[1]:])
     return torch.cat(out)
 
 
@@ -208,3 +209,34 @@ def test_unsupported_cases_are_reported_before_any_work():
         lm_beam.beam_search(model, ok, 30, 5, repetition_penalty=0.0, batch_size=0)
     msg = str(e.value)
     assert "batch_size" in msg and "repetition_penalty" in msg and "max_position_embeddings" in msg
+
+
+@pytest.mark.parametrize("num_beams,penalty", [(1, 2.0), (5, 1.0), (5, 2.0)])
+def test_watermark_processor_matches_generate(markov_model, num_beams, penalty):
+    """Chapter 06 beam-searches with a watermark processor: the fast path applies it after the built-in
+    processors as generate does, and the tokens stay identical (and the watermark changes them)."""
+    from collapse_utils.watermark import GreenList, WatermarkLogitsProcessor
+
+    model, prompts = markov_model
+    vocab = model.config.vocab_size
+    proc = WatermarkLogitsProcessor(GreenList(vocab, gamma=0.25, key=7), delta=4.0)
+    ref = _generate(model, prompts, 12, num_beams, penalty, 4, processors=[proc])
+    got = lm_beam.beam_search(model, prompts, 12, num_beams, penalty, 4, logits_processor=[proc])
+    assert torch.equal(got, ref)
+    plain = lm_beam.beam_search(model, prompts, 12, num_beams, penalty, 4)
+    assert not torch.equal(got, plain)  # the bonus changes the search
+    # generate_continuations takes the fast path with it, and gives the same tokens
+    via = lm_train.generate_continuations(model, prompts, 12, num_beams, penalty, 4, logits_processor=[proc])
+    assert torch.equal(via, ref)
+
+
+def test_processors_that_are_not_rowwise_are_refused(markov_model):
+    model, prompts = markov_model
+
+    class Shift:  # not marked row-wise: the fast path cannot know it ignores the row order
+        def __call__(self, input_ids, scores):
+            return scores
+
+    with pytest.raises(ValueError, match="not marked row-wise: Shift"):
+        lm_beam.beam_search(model, prompts, 4, 2, 1.0, 4, logits_processor=[Shift()])
+    assert lm_beam.rowwise_processor(Shift()) is False
