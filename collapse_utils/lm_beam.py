@@ -50,8 +50,10 @@ in the prompt pass, beams can stay in their rows, and equal token histories have
 :func:`fast_beam_unsupported_reason` limits the fast path to the case covered: an ``OPTForCausalLM`` in
 eval mode on the CPU, float32, sdpa attention (the default), prompts of equal length without padding,
 ``2 * num_beams < vocab``, prompt + new tokens within the position table, one EOS id, and a model
-``generation_config`` that adds no other processor.  Everything else -- GPUs, several processes, other
-settings -- keeps ``model.generate`` (``lm_train.generate_continuations``).
+``generation_config`` that adds no other processor; extra processors passed in (``logits_processor``) must
+be row-wise (:func:`rowwise_processor`, e.g. chapter 06's watermark) and run after the built-in ones, as
+in generate.  Everything else -- GPUs, several processes, other settings -- keeps ``model.generate``
+(``lm_train.generate_continuations``).
 """
 from __future__ import annotations
 
