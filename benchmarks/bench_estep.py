@@ -4,9 +4,9 @@
 
 The E-step of ``gmm._em_k2d2_full`` (two components, two dimensions, full covariances) does, per seed
 and EM iteration, over the N samples: u = du . phi(x) (a matrix-vector product), q = 1 + exp(u), log q,
-r = 1 / q, and the next component sums phi . r (a second product).  This times exactly those operations,
-laid out as the chapter lays them out (blocks of 16 seeds), on the blob data of the official setting, and
-prints microseconds per seed-iteration.  With numba installed (``pip install numba``; not a dependency of
+r = 1 / q, and the next component sums phi . r (a second product).  This times the chapter's own
+function for them (``gmm._k2_estep_rows``, blocks of 16 seeds) on the blob data of the official setting,
+and prints microseconds per seed-iteration.  With numba installed (``pip install numba``; not a dependency of
 the book) it also times the same arithmetic as a compiled loop over the samples, one seed at a time.
 
 Why it matters: the E-step is the floor of the batched EM.  Its time per seed-iteration times the mean
@@ -29,20 +29,11 @@ from collapse_utils import gmm
 from collapse_utils.seeding import make_rng
 
 
-def numpy_estep(PhiT: np.ndarray, du: np.ndarray, block: int = 16):
-    """The chapter's batched E-step: (sum of log q per seed, component-1 sums (S, 6))."""
+def numpy_estep(PhiT: np.ndarray, du: np.ndarray):
+    """The chapter's batched E-step (``gmm._k2_estep_rows``): (sum of log q per seed, component-1 sums (S, 6))."""
     S, _, N = PhiT.shape
     U, R, T = np.empty((S, N)), np.empty((S, N)), np.empty((S, 6, 1))
-    U3, R3, du3 = U[:, None, :], R[:, :, None], du[:, None, :]
-    for i in range(0, S, block):
-        j = min(i + block, S)
-        u, r = U[i:j], R[i:j]
-        np.matmul(du3[i:j], PhiT[i:j], out=U3[i:j])
-        np.exp(u, out=r)
-        r += 1.0
-        np.log(r, out=u)
-        np.divide(1.0, r, out=r)
-        np.matmul(PhiT[i:j], R3[i:j], out=T[i:j])
+    gmm._k2_estep_rows(PhiT, du[:, None, :], S, U, U[:, None, :], R, R[:, :, None], T)
     return np.add.reduce(U, axis=1), T[..., 0]
 
 

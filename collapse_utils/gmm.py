@@ -810,6 +810,21 @@ def _ill_defined(rows) -> ValueError:
                       "(collapsed samples); increase reg_covar or use fewer components")
 
 
+def _k2_estep_rows(PhiT, du3, n, U, U3, R, R3, T3) -> None:
+    """The E-step of ``_em_k2d2_full`` on its first ``n`` working rows, in blocks of ``_BLOCK`` rows:
+    U = log q with q = 1 + exp(u), u = du . phi(x) (so ``U.sum(1)`` is the sum of log q), R = r1 = 1 / q,
+    and T3 (n, 6, 1) = the next component-1 sums.  ``U3``/``R3`` are U and R viewed as (S, 1, N)/(S, N, 1)."""
+    for i in range(0, n, _BLOCK):
+        j = min(i + _BLOCK, n)
+        u, r = U[i:j], R[i:j]
+        np.matmul(du3[i:j], PhiT[i:j], out=U3[i:j])  # u = l0 - l1
+        np.exp(u, out=r)
+        r += 1.0  # q
+        np.log(r, out=u)
+        np.divide(1.0, r, out=r)  # r1 = 1 / (1 + exp(u))
+        np.matmul(PhiT[i:j], R3[i:j], out=T3[i:j])  # the next component-1 sums
+
+
 def _em_k2d2_full(PhiT, M, T1, tol, max_iter, reg_covar, info):
     """EM for two components, two dimensions, full covariances, all seeds at once.
 
@@ -845,16 +860,7 @@ def _em_k2d2_full(PhiT, M, T1, tol, max_iter, reg_covar, info):
             if bad.any():
                 raise _ill_defined(seed_of[:n][bad.any(-1)].tolist())
         du, base = _k2_coef(T1w[:n], Mw[:n], reg_covar)
-        du3 = du[:, None, :]
-        for i in range(0, n, _BLOCK):
-            j = min(i + _BLOCK, n)
-            u, r = U[i:j], R[i:j]
-            np.matmul(du3[i:j], PhiT[i:j], out=U3[i:j])  # u = l0 - l1
-            np.exp(u, out=r)
-            r += 1.0  # q
-            np.log(r, out=u)
-            np.divide(1.0, r, out=r)  # r1 = 1 / (1 + exp(u))
-            np.matmul(PhiT[i:j], R3[i:j], out=T3[i:j])  # the next component-1 sums
+        _k2_estep_rows(PhiT, du[:, None, :], n, U, U3, R, R3, T3)
         ll = np.add.reduce(U[:n], axis=1)
         ll += base
         if not np.maximum.reduce(ll) < math.inf:  # a covariance is not positive definite, or exp(u) overflowed

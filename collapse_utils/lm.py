@@ -283,32 +283,18 @@ class LMCollapse(Experiment):
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
         prompts = self.prompts_for(n, ctx)
         # beam search is deterministic: its output is stored beside the model and reused by a rerun
-        import io
-
         from .parallel import thread_tag
-        from .storage import atomic_write_bytes, read_cache
+        from .storage import cached_tensor
 
         key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
                     "code": _train_code_key(), "threads": thread_tag()}, prompts)
         cached = Path(model.path) / f"continuations-{key}.pt"
-
-        def load(path: Path) -> torch.Tensor:
-            out = torch.load(path, weights_only=True)
-            if not isinstance(out, torch.Tensor) or out.shape != (len(prompts), self.data.block_size):
-                raise ValueError(f"expected a tensor of shape {(len(prompts), self.data.block_size)}")
-            return out
-
-        hit = read_cache(cached, load, "cached beam-search continuations")
-        if hit is not None:
-            return hit
-        m = load_model(model.path)
-        out = generate_continuations(m, prompts, self.data.block_size, self.num_beams, self.repetition_penalty,
-                                     self.gen_batch_size, progress=self.progress,
-                                     desc=f"gen {ctx.generation}: beam search")
-        buf = io.BytesIO()
-        torch.save(out, buf)
-        atomic_write_bytes(cached, buf.getvalue())
-        return out
+        return cached_tensor(
+            cached, (len(prompts), self.data.block_size),
+            lambda: generate_continuations(load_model(model.path), prompts, self.data.block_size, self.num_beams,
+                                           self.repetition_penalty, self.gen_batch_size, progress=self.progress,
+                                           desc=f"gen {ctx.generation}: beam search"),
+            "cached beam-search continuations")
 
     def _gen0_model(self):
         path = self.state["gen0_path"]

@@ -32,7 +32,6 @@ beam-search outputs and the calibration beside the model that made them), so arm
 from __future__ import annotations
 
 import functools
-import io
 import os
 import pickle
 import sys
@@ -424,7 +423,7 @@ class ProvenanceCollapse(LMCollapse):
     def generate(self, model: FittedLM | str, prompts: torch.Tensor, watermark: bool, desc: str = "beam search"):
         """Beam-search continuations of ``prompts`` (watermarked or not), cached beside the model."""
         from .parallel import thread_tag
-        from .storage import atomic_write_bytes, read_cache
+        from .storage import cached_tensor
 
         path = model.path if isinstance(model, FittedLM) else str(model)
         s = self.settings
@@ -432,25 +431,15 @@ class ProvenanceCollapse(LMCollapse):
         key = _hash({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
                      "watermark": wm, "code": _code_key(), "threads": thread_tag()}, prompts)
         cached = Path(path) / f"provenance-{key}.pt"
-
-        def load(f: Path) -> torch.Tensor:
-            out = torch.load(f, weights_only=True)
-            if not isinstance(out, torch.Tensor) or out.shape != (len(prompts), self.data.block_size):
-                raise ValueError(f"expected a tensor of shape {(len(prompts), self.data.block_size)}")
-            return out
-
-        hit = read_cache(cached, load, "cached beam-search continuations")
-        if hit is not None:
-            return hit
         proc = [WatermarkLogitsProcessor(self.green, s.delta)] if watermark else None
-        with self.timed(desc, len(prompts)):
-            out = generate_continuations(self.model(path), prompts, self.data.block_size, self.num_beams,
-                                         self.repetition_penalty, self.gen_batch_size, progress=self.progress,
-                                         desc=desc, logits_processor=proc)
-        buf = io.BytesIO()
-        torch.save(out, buf)
-        atomic_write_bytes(cached, buf.getvalue())
-        return out
+
+        def compute() -> torch.Tensor:
+            with self.timed(desc, len(prompts)):
+                return generate_continuations(self.model(path), prompts, self.data.block_size, self.num_beams,
+                                              self.repetition_penalty, self.gen_batch_size, progress=self.progress,
+                                              desc=desc, logits_processor=proc)
+
+        return cached_tensor(cached, (len(prompts), self.data.block_size), compute, "cached beam-search continuations")
 
     # -- calibration (generation 0, shared by every arm of a seed) ----------------------------------
     def calibration(self, model0: FittedLM, seed: int) -> dict:

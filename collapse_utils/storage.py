@@ -13,9 +13,12 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["atomic_write_bytes", "read_cache", "discard", "ensure_writable", "StorageError"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["atomic_write_bytes", "cached_tensor", "read_cache", "discard", "ensure_writable", "StorageError"]
 
 T = TypeVar("T")
 
@@ -72,6 +75,32 @@ def read_cache(path: str | os.PathLike, loader: Callable[[Path], T], what: str =
                       f"removing {target} and recomputing it", RuntimeWarning, stacklevel=2)
         discard(target)
         return None
+
+
+def cached_tensor(path: str | os.PathLike, shape: tuple[int, ...], compute: Callable[[], "torch.Tensor"],
+                  what: str = "cache entry"):
+    """A tensor of ``shape`` read from ``path`` (torch format), else ``compute()``d and written there
+    atomically; an unreadable or wrongly shaped file is reported, removed and recomputed (:func:`read_cache`)."""
+    import io
+
+    import torch
+
+    shape = tuple(shape)
+
+    def load(f: Path):
+        out = torch.load(f, weights_only=True)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+            raise ValueError(f"expected a tensor of shape {shape}")
+        return out
+
+    hit = read_cache(path, load, what)
+    if hit is not None:
+        return hit
+    out = compute()
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return out
 
 
 def ensure_writable(folder: str | os.PathLike, what: str = "results folder", fix: str = "") -> Path:

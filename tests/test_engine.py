@@ -188,3 +188,27 @@ def test_should_stop_ends_the_run_early():
 
     res = run_recursion(Stops(), real(), 50, seed=0, record=[], progress=False)
     assert res.bookkeeping.generation.max() == 4 and res.metrics.generation.max() == 4
+
+
+def test_cached_tensor_computes_once_and_recomputes_a_damaged_or_misshapen_file(tmp_path):
+    import torch
+
+    from collapse_utils.storage import cached_tensor
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(6).reshape(2, 3)
+
+    f = tmp_path / "c.pt"
+    first = cached_tensor(f, (2, 3), compute, "test entry")
+    again = cached_tensor(f, (2, 3), compute, "test entry")
+    assert torch.equal(first, again) and len(calls) == 1  # the second call read the file
+    f.write_bytes(b"\x00garbage")
+    with pytest.warns(RuntimeWarning, match="test entry .*c.pt is unreadable"):
+        assert torch.equal(cached_tensor(f, (2, 3), compute, "test entry"), first)
+    assert len(calls) == 2
+    with pytest.warns(RuntimeWarning, match=r"expected a tensor of shape \(3, 2\)"):
+        cached_tensor(f, (3, 2), lambda: torch.zeros(3, 2), "test entry")  # a file of another shape
+    assert torch.load(f, weights_only=True).shape == (3, 2)
