@@ -43,7 +43,7 @@ install: $(VENV)/.installed
 # the datasets the chapters and tests read: found in COLLAPSE_DATA_DIR (../shared/data) or the cache,
 # else downloaded into data/cache/ and verified by sha256 (the tests themselves never download)
 data: install
-	$(PY) -m collapse_utils.data fetch mnist wikitext-2
+	$(PY) -m collapse_utils.core.data fetch mnist wikitext-2
 
 test: data
 	$(PY) -m pytest -q
@@ -54,7 +54,7 @@ book: data
 # open every page of the built book in headless Chromium (network blocked): pages load without script
 # errors, maths typeset by the local MathJax, images load, internal links and anchors resolve
 check-html: install
-	$(PY) -m collapse_utils.htmlcheck _build/html
+	$(PY) -m collapse_utils.tooling.htmlcheck _build/html
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

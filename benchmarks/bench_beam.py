@@ -1,4 +1,4 @@
-"""Chapter 04 beam search: ``model.generate`` against :func:`collapse_utils.lm_beam.beam_search`.
+"""Chapter 04 beam search: ``model.generate`` against :func:`collapse_utils.models.lm_beam.beam_search`.
 
     COLLAPSE_DATA_DIR=../shared/data .venv/bin/python benchmarks/bench_beam.py [--prompts 64] [--options] [--compile]
 
@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from collapse_utils import lm, lm_train
-from collapse_utils.config import load_preset
-from collapse_utils.lm_beam import beam_search, fast_beam_unsupported_reason
+from collapse_utils.models import lm, lm_train
+from collapse_utils.tooling.config import load_preset
+from collapse_utils.models.lm_beam import beam_search, fast_beam_unsupported_reason
 
 
 def build_model(vocab: int, p: dict, blocks: torch.Tensor, steps: int, seed: int = 0):

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from collapse_utils import gmm
-from collapse_utils.seeding import make_rng
+from collapse_utils.models import gmm
+from collapse_utils.core.seeding import make_rng
 
 
 def numpy_estep(PhiT: np.ndarray, du: np.ndarray):

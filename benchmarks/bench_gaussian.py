@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from collapse_utils import gaussian as G
-from collapse_utils.engine import run_recursion
+from collapse_utils.models import gaussian as G
+from collapse_utils.core.engine import run_recursion
 
 
 def official_loop(n_seeds: int, generations: int, m: int, seed: int = 0) -> np.ndarray:

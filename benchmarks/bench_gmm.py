@@ -22,7 +22,7 @@ import os
 
 
 def main(argv=None):
-    from collapse_utils import gmm
+    from collapse_utils.models import gmm
     from collapse_utils.chapters.gaussian_mixtures import speed_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

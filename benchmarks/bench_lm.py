@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from collapse_utils import lm, lm_data, lm_train
-from collapse_utils.config import load_preset
+from collapse_utils.models import lm, lm_data, lm_train
+from collapse_utils.tooling.config import load_preset
 
 OPT125M_PARAMS = 125_239_296       # facebook/opt-125m, embeddings included (tied head)
 OPT125M_LAYERS, OPT125M_HIDDEN, OPT125M_VOCAB = 12, 768, 50_272
@@ -98,7 +98,7 @@ def raw_train_blocks_estimate() -> tuple[int, str]:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from collapse_utils.data import dataset_file
+    from collapse_utils.core.data import dataset_file
 
     bpe = models.BPE.from_file(str(dataset_file("gpt2-bpe", "vocab.json")), str(dataset_file("gpt2-bpe", "merges.txt")))
     raw = Tokenizer(bpe)

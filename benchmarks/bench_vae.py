@@ -7,7 +7,7 @@ and the same number of torch threads.
 * official-style: ``DataLoader(TensorDataset(x, y), batch_size=256, shuffle=True)``, the
   reparameterisation from the global RNG, ``optimizer.zero_grad()`` and ``loss.item()`` every
   batch (what the notebook does to report the epoch loss);
-* ours (:func:`collapse_utils.vae.train_vae`): one shuffled copy of the data tensor per pass
+* ours (:func:`collapse_utils.models.vae.train_vae`): one shuffled copy of the data tensor per pass
   sliced into batches, losses accumulated as a tensor and read once per epoch, gradients set
   to None, explicit generators.
 
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from collapse_utils import vae
-from collapse_utils.mnist import mnist_tensor
+from collapse_utils.models import vae
+from collapse_utils.models.mnist import mnist_tensor
 
 
 def official_style_epoch(model, optimizer, loader) -> float:
@@ -127,8 +127,8 @@ def paper_reference(threads: int, every: int, n_samples: int, epochs: int = 30, 
                     batch: int = 256, seed: int = 0) -> float:
     """Generation 0 with the paper's training budget; the classifier confidence of its prior samples."""
     from collapse_utils.chapters import vae_mnist as ch
-    from collapse_utils.classifier import class_entropy, predict_proba
-    from collapse_utils.parallel import run_threads
+    from collapse_utils.models.classifier import class_entropy, predict_proba
+    from collapse_utils.core.parallel import run_threads
     import numpy as np
 
     with run_threads(threads):

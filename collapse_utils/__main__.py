@@ -1,6 +1,6 @@
 import sys
 
-from .runner import main
+from .tooling.runner import main
 
 if __name__ == "__main__":
     sys.exit(main())

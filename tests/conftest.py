@@ -48,7 +48,7 @@ _EXECUTED: dict[str, Path] = {}
 @pytest.fixture(scope="session")
 def smoke_chapter(book_tmp):
     """smoke_chapter("02") executes chapter 02 at the smoke preset once per session; returns the notebook path."""
-    from collapse_utils.runner import execute_chapter
+    from collapse_utils.tooling.runner import execute_chapter
 
     def run(chapter: str) -> Path:
         if chapter not in _EXECUTED:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from collapse_utils import config
+from collapse_utils.tooling import config
 
 
 @pytest.mark.slow
@@ -14,7 +14,7 @@ def test_book_builds_clean(book_tmp, smoke_chapter):
     assert not missing, f"chapters listed in _toc.yml without a notebook: {missing}"
     for chapter in config.available_chapters():
         smoke_chapter(chapter)
-    from collapse_utils.runner import write_scorecard
+    from collapse_utils.tooling.runner import write_scorecard
 
     write_scorecard(book_tmp / "book" / "_generated")
     cmd = [sys.executable, "-c", "import sys; from jupyter_book.cli.main import main; sys.exit(main())",

@@ -10,10 +10,10 @@ import jupytext
 import numpy as np
 import pytest
 
-from collapse_utils import config
-from collapse_utils import discrete as D
+from collapse_utils.tooling import config
+from collapse_utils.models import discrete as D
 from collapse_utils.chapters import gaussian_theory as ch
-from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
 
 TINY = {"seeds": 10, "generations": 10, "sample_sizes": [100, 1000], "draws_check_seeds": 10,
         "draws_check_generations": 5, "schedule_generations": 5, "accumulate_seeds": 10, "accumulate_generations": 5,

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from collapse_utils.chapters import gaussian_mixtures as ch
-from collapse_utils.claims import VERDICTS
-from collapse_utils.config import load_preset
+from collapse_utils.chapters.claims import VERDICTS
+from collapse_utils.tooling.config import load_preset
 
 REPRODUCED, NOT_VISIBLE, CONTRADICTED = VERDICTS
 REGIMES = ["replace", "keep_real(0.1)", "accumulate"]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from collapse_utils.chapters import vae_mnist as ch
-from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
 
 CONDITIONS = ["replace/fresh", "replace/fixed", "keep_real(0.1)/fixed", "accumulate/fixed"]
 PARAMS = {"generations": 3, "n_train": 3000, "epochs": 3, "batch_size": 64, "lr": 1e-3, "conditions": CONDITIONS,

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from collapse_utils.chapters import language_models as ch
-from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
-from collapse_utils.config import load_preset
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.tooling.config import load_preset
 
 P = load_preset("cpu", "04")
 IDS = ["finetune-improves", "a-rises", "b-rises-less", "b-only-slightly", "data-more-probable", "long-tail",

@@ -8,9 +8,9 @@ import jupytext
 import numpy as np
 import pytest
 
-from collapse_utils import config
+from collapse_utils.tooling import config
 from collapse_utils.chapters import escaping_collapse as ch
-from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
 
 
 SMOKE_G = config.load_preset("smoke", "05")["gauss_generations"]
@@ -66,7 +66,7 @@ def test_every_problem_is_listed_in_one_error():
 def test_bad_input_is_refused_before_compute(monkeypatch, capsys):
     import papermill
 
-    from collapse_utils import runner
+    from collapse_utils.tooling import runner
 
     def no_compute(*a, **k):
         raise AssertionError("a kernel was started for a bad input")

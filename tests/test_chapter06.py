@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_utils import provenance as pv
+from collapse_utils.models import provenance as pv
 from collapse_utils.chapters import provenance as ch
-from collapse_utils.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
-from collapse_utils.config import ParamError, load_preset
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.tooling.config import ParamError, load_preset
 
 P = {**load_preset("cpu", "06"), "preset": "cpu", "run_name": ""}
 
@@ -121,7 +121,7 @@ def test_detector_features_and_auc():
 def test_green_mass_finds_a_model_that_favours_the_keys_green_lists():
     import torch
 
-    from collapse_utils.watermark import GreenList
+    from collapse_utils.models.watermark import GreenList
 
     v = 64
     g = GreenList(v, 0.25, key=5)
@@ -318,8 +318,8 @@ def test_chapter_06_smoke_run(smoke_chapter, read_executed, results_tmp):
 def test_green_sum_by_windows_equals_the_masked_sum():
     import torch
 
-    from collapse_utils.provenance import _green_sum
-    from collapse_utils.watermark import GreenList
+    from collapse_utils.models.provenance import _green_sum
+    from collapse_utils.models.watermark import GreenList
 
     for v, gamma, key in ((64, 0.25, 1), (97, 0.5, 2), (10, 0.9, 3)):
         g = GreenList(v, gamma, key)

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from collapse_utils import claims as C
+from collapse_utils.chapters import claims as C
 
 
 def test_judge_has_three_outcomes():
@@ -47,7 +47,7 @@ def test_frame_columns():
 
 
 def test_direction_is_a_one_sided_t_test_over_seeds():
-    from collapse_utils.claims import direction
+    from collapse_utils.chapters.claims import direction
 
     assert direction([1.0, 2.0, 3.0, 2.5]) == 1
     assert direction([-1.0, -2.0, -1.5, -1.2]) == -1

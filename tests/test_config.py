@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from collapse_utils import config
-from collapse_utils.config import ParamError
-from collapse_utils.runner import _read_md, notebook_defaults, resolve_params
+from collapse_utils.tooling import config
+from collapse_utils.tooling.config import ParamError
+from collapse_utils.tooling.runner import _read_md, notebook_defaults, resolve_params
 
 CHAPTERS = sorted(config.available_chapters())
 
@@ -87,7 +87,7 @@ def test_book_shows_chapter_k_of_n_time_left_and_a_closing_table(tmp_path, monke
     import shutil
     from pathlib import Path
 
-    from collapse_utils import runner
+    from collapse_utils.tooling import runner
 
     root = Path(__file__).resolve().parents[1]
     for name in ("_config.yml", "_toc.yml"):

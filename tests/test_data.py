@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collapse_utils import data as cu_data
-from collapse_utils.data import REGISTRY, DataError, dataset_file, load_registry
+from collapse_utils.core import data as cu_data
+from collapse_utils.core.data import REGISTRY, DataError, dataset_file, load_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the offline copies (COLLAPSE_DATA_DIR as the session found it), served or read back by some tests
@@ -181,7 +181,7 @@ def test_without_download_nothing_is_fetched_and_the_message_says_how(tmp_path, 
         dataset_file("tiny", "a.txt")
     msg = str(err.value)
     assert "a.txt of dataset 'tiny' not found" in msg and sha(GOOD) in msg
-    assert "python -m collapse_utils.data fetch tiny" in msg and server.base in msg
+    assert "python -m collapse_utils.core.data fetch tiny" in msg and server.base in msg
     monkeypatch.setenv("COLLAPSE_OFFLINE", "1")
     with pytest.raises(DataError, match=r"downloading is switched off \(COLLAPSE_OFFLINE is set\)"):
         dataset_file("tiny", "a.txt", download=True)
@@ -253,7 +253,7 @@ def test_real_mnist_entry_downloads_through_its_registered_layout(tmp_path, monk
     server.files["/mnist/t10k-labels-idx1-ubyte.gz"] = src.read_bytes()
     real = REGISTRY["mnist"]
     monkeypatch.setitem(REGISTRY, "mnist", dataclasses.replace(real, sources=({"url": server.base + "/mnist/{file}"},)))
-    from collapse_utils.mnist import read_idx
+    from collapse_utils.models.mnist import read_idx
 
     got = dataset_file("mnist", "t10k-labels-idx1-ubyte.gz", download=True)
     assert got.parent == empty_lookup / "mnist"

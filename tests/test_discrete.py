@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse_utils import discrete as D
-from collapse_utils.engine import run_recursion
+from collapse_utils.models import discrete as D
+from collapse_utils.core.engine import run_recursion
 
 
 def test_sampler_matches_probabilities():

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_utils.engine import Checkpoints, Experiment, run_recursion
+from collapse_utils.core.engine import Checkpoints, Experiment, run_recursion
 
 
 class Scalar(Experiment):
@@ -124,7 +124,7 @@ def test_all_checkpoints_damaged_restarts_the_run_with_a_warning(tmp_path):
 def test_checkpoint_written_by_other_code_is_recomputed_not_resumed(tmp_path, monkeypatch):
     """Same run, changed code: the old results are out of date, so the run starts again (with a
     warning) and replaces the checkpoint, instead of resuming or refusing."""
-    from collapse_utils import engine
+    from collapse_utils.core import engine
 
     first = run_recursion(Scalar(), real(), 4, seed=3, checkpoint_dir=tmp_path, progress=False)
     monkeypatch.setattr(engine, "_code_version", lambda cls: "edited")
@@ -193,7 +193,7 @@ def test_should_stop_ends_the_run_early():
 def test_cached_tensor_computes_once_and_recomputes_a_damaged_or_misshapen_file(tmp_path):
     import torch
 
-    from collapse_utils.storage import cached_tensor
+    from collapse_utils.core.storage import cached_tensor
 
     calls = []
 

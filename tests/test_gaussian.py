@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse_utils import gaussian as G
-from collapse_utils.engine import run_recursion
+from collapse_utils.models import gaussian as G
+from collapse_utils.core.engine import run_recursion
 
 
 def simulate(m, ddof, sampler="exact", seeds=4000, generations=50, seed=0, regime="replace", sizes=None):

@@ -10,10 +10,10 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from collapse_utils import gmm
+from collapse_utils.models import gmm
 from collapse_utils.chapters import gaussian_mixtures as ch
-from collapse_utils.config import ParamError, load_preset
-from collapse_utils.engine import run_recursion
+from collapse_utils.tooling.config import ParamError, load_preset
+from collapse_utils.core.engine import run_recursion
 
 SK = {"tol": 1e-5, "max_iter": 2000, "reg_covar": 1e-6}
 
@@ -370,8 +370,8 @@ def test_validate_params_reports_every_problem_at_once():
 
 
 def test_notebook_parameters_match_the_cpu_preset():
-    from collapse_utils.config import get_chapter
-    from collapse_utils.runner import _read_md, notebook_defaults
+    from collapse_utils.tooling.config import get_chapter
+    from collapse_utils.tooling.runner import _read_md, notebook_defaults
 
     nb = notebook_defaults(_read_md(get_chapter("02")))
     nb.pop("preset"), nb.pop("run_name")

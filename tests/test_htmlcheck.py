@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from collapse_utils import htmlcheck
+from collapse_utils.tooling import htmlcheck
 
 CHROMIUM = htmlcheck.find_chromium()
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
@@ -126,7 +126,7 @@ def test_redirect_page_target_is_checked(site):
 
 def test_cli_exit_status_and_lines(site, tmp_path, capsys):
     _add_page(site, '<a href="nowhere.html">x</a><p>$$y$$</p>')
-    bad = subprocess.run([sys.executable, "-m", "collapse_utils.htmlcheck", "--static", "-q", str(site)],
+    bad = subprocess.run([sys.executable, "-m", "collapse_utils.tooling.htmlcheck", "--static", "-q", str(site)],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and len(bad.stdout.splitlines()) == 2, bad.stdout + bad.stderr
     assert all(line.startswith("bad.html: ") for line in bad.stdout.splitlines())
@@ -146,8 +146,8 @@ def test_built_book_passes_in_chromium(book_tmp, smoke_chapter):
     """The smoke book, built like test_book builds it (reused when that test already ran), opens clean."""
     html = book_tmp / "_build" / "html"
     if not (html / "index.html").is_file():
-        from collapse_utils import config
-        from collapse_utils.runner import write_scorecard
+        from collapse_utils.tooling import config
+        from collapse_utils.tooling.runner import write_scorecard
 
         for chapter in config.available_chapters():
             smoke_chapter(chapter)

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 
-from collapse_utils import lm, lm_data, lm_train
+from collapse_utils.models import lm, lm_data, lm_train
 from collapse_utils.chapters import language_models as ch
-from collapse_utils.config import ParamError, load_preset
-from collapse_utils.data import DataError
-from collapse_utils.engine import run_recursion
+from collapse_utils.tooling.config import ParamError, load_preset
+from collapse_utils.core.data import DataError
+from collapse_utils.core.engine import run_recursion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,7 +173,7 @@ def test_keep_real_bookkeeping(tiny, tmp_path):
     k = round(0.1 * n)
     assert list(book.n_train) == [n, n, n] and list(book.n_real) == [n, k, k]
     assert list(book.n_synthetic) == [0, n - k, n - k]
-    from collapse_utils.engine import Checkpoints
+    from collapse_utils.core.engine import Checkpoints
 
     state = __import__("pickle").loads(Checkpoints(tmp_path / "ckpt").files()[0].read_bytes())
     comp = state["composition"]
@@ -184,7 +184,7 @@ def test_keep_real_bookkeeping(tiny, tmp_path):
     # per-sequence perplexities of the generated part only, for every generation
     assert [len(exp.state["per_seq"][g]) for g in range(3)] == [n, n - k, n - k]
     # original prompts: generation 1's model continued exactly the original blocks that generation 2 does not keep
-    from collapse_utils.engine import GenerationContext
+    from collapse_utils.core.engine import GenerationContext
 
     index = {tuple(r): i for i, r in enumerate(data.train.tolist())}
     kept = {index[tuple(r)] for r in comp.data[:k].tolist()}
@@ -200,7 +200,7 @@ def test_original_prompts_are_original_blocks_and_chained_ones_are_not(tiny, tmp
     for prompts, from_real in (("original", True), ("chained", False)):
         exp = _experiment(data, base, tmp_path / f"models-{prompts}", prompts=prompts)
         run_recursion(exp, data.train, 1, "replace", seed=4, progress=False)
-        from collapse_utils.engine import GenerationContext
+        from collapse_utils.core.engine import GenerationContext
 
         got = exp.prompts_for(len(data.train), GenerationContext(seed=4, generation=1))
         share = np.mean([tuple(r) in real_rows for r in got.tolist()])
@@ -302,7 +302,7 @@ def test_two_process_accelerate_launch_on_cpu(tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "COLLAPSE_TORCH_THREADS": "1",
            "COLLAPSE_FORCE_CPU": "1"}
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "collapse_utils.lm_train", "--model", base.path,
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "collapse_utils.models.lm_train", "--model", base.path,
            "--blocks", str(tmp_path / "blocks.pt"), "--out", str(tmp_path / "out"), "--epochs", "2",
            "--lr", "3e-4", "--batch-size", "8", "--generate", "5", "--num-beams", "2"]
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
@@ -341,7 +341,7 @@ def test_raw_wikitext_with_the_hf_recipe_and_an_opt_saved_by_save_pretrained(tmp
     local files, the raw training split through Hugging Face ``datasets`` (replaced here by a small raw split cut
     from the test file -- the raw training split is not available offline), an OPT-style tokenizer and a tiny OPT
     written by ``save_pretrained`` into one folder and loaded by path, tokenised by the recipe, one generation."""
-    from collapse_utils.data import dataset_file
+    from collapse_utils.core.data import dataset_file
 
     test_file = dataset_file("wikitext-2-raw", "wiki.test.raw")
     lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)

@@ -1,4 +1,4 @@
-"""The fast beam search of chapter 04 (collapse_utils.lm_beam) against transformers' ``model.generate``:
+"""The fast beam search of chapter 04 (collapse_utils.models.lm_beam) against transformers' ``model.generate``:
 token for token, on random and trained tiny OPTs, with exact score ties, for greedy and beam search,
 repetition penalties 1/2/3, and batch sizes that do and do not divide the number of prompts."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from collapse_utils import lm_beam, lm_train
+from collapse_utils.models import lm_beam, lm_train
 
 
 @pytest.fixture(autouse=True)
@@ -215,7 +215,7 @@ def test_unsupported_cases_are_reported_before_any_work():
 def test_watermark_processor_matches_generate(markov_model, num_beams, penalty):
     """Chapter 06 beam-searches with a watermark processor: the fast path applies it after the built-in
     processors as generate does, and the tokens stay identical (and the watermark changes them)."""
-    from collapse_utils.watermark import GreenList, WatermarkLogitsProcessor
+    from collapse_utils.models.watermark import GreenList, WatermarkLogitsProcessor
 
     model, prompts = markov_model
     vocab = model.config.vocab_size

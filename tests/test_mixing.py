@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse_utils import gmm
-from collapse_utils import mixing as MX
-from collapse_utils.engine import GenerationContext, run_recursion
+from collapse_utils.models import gmm
+from collapse_utils.models import mixing as MX
+from collapse_utils.core.engine import GenerationContext, run_recursion
 
 TRUTH = gmm.truth("two_gaussians", 3.0, 0.5)
 

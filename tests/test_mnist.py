@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from collapse_utils import data as cu_data
-from collapse_utils.data import REGISTRY, DataError
-from collapse_utils.mnist import FILES, load_mnist, mnist_tensor, read_idx, subset_indices
+from collapse_utils.core import data as cu_data
+from collapse_utils.core.data import REGISTRY, DataError
+from collapse_utils.models.mnist import FILES, load_mnist, mnist_tensor, read_idx, subset_indices
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from collapse_utils import config
+from collapse_utils.tooling import config
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(config.available_chapters())
@@ -41,7 +41,7 @@ def test_chapter_structure(chapter):
     # the Colab badge points at this chapter's committed notebook in the configured repository
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
     repo = url.split("github.com/")[1]
-    from collapse_utils.page import colab_ref
+    from collapse_utils.tooling.page import colab_ref
 
     # the badge opens the notebook at the same pinned tag its install cell installs
     badge = f"https://colab.research.google.com/github/{repo}/blob/{colab_ref()}/notebooks/{ch.slug}.ipynb"
@@ -119,7 +119,7 @@ def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path)
     resolved before papermill starts it, and the caller's environment is restored afterwards."""
     import papermill
 
-    from collapse_utils import runner
+    from collapse_utils.tooling import runner
 
     seen = {}
 
@@ -141,7 +141,7 @@ def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path)
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_prose_has_no_typed_result_numbers(chapter):
     """Numbers in a chapter's prose come from its run (glued) or are the paper's own, cited."""
-    from collapse_utils.claims import typed_numbers
+    from collapse_utils.chapters.claims import typed_numbers
 
     nb = jupytext.read(config.get_chapter(chapter).notebook_md)
     typed = [n for c in nb.cells if c.cell_type == "markdown" for n in typed_numbers(c.source)]
@@ -163,7 +163,8 @@ def _pyproject():
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_colab_install_line_is_pinned_to_the_one_reference(chapter):
-    from collapse_utils import __version__, page
+    from collapse_utils import __version__
+    from collapse_utils.tooling import page
 
     ch = config.get_chapter(chapter)
     cell = [c for c in jupytext.read(ch.notebook_md).cells if c.cell_type == "code"][1]
@@ -191,7 +192,7 @@ def test_chapters_that_use_language_models_install_the_lm_extra():
     import importlib
     import inspect
 
-    from collapse_utils import page
+    from collapse_utils.tooling import page
 
     for cid, ch in config.available_chapters().items():
         src = inspect.getsource(importlib.import_module(ch.module))

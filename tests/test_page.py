@@ -14,7 +14,8 @@ import matplotlib.colors as mcolors
 import pytest
 import yaml
 
-from collapse_utils import config, page, plotting, runner
+from collapse_utils.tooling import config, page, runner
+from collapse_utils.chapters import plotting
 
 PARAMS = {"preset": "smoke", "run_name": "", "seed": 0, "seeds": 5, "generations": 20,
           "sample_sizes": [100, 1000], "sampler": "draws", "tol": 0.5, "flag": True, "label": "12"}

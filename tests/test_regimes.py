@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from collapse_utils.regimes import Regime, parse_regime
+from collapse_utils.core.regimes import Regime, parse_regime
 
 
 def _real(n=100, seeds=None):

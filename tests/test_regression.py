@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse_utils import regression as R
-from collapse_utils.engine import run_recursion
+from collapse_utils.models import regression as R
+from collapse_utils.core.engine import run_recursion
 
 S, T, D, SIGMA, G = 400, 40, 5, 1.0, 12
 SEEDS = list(range(S))

@@ -57,8 +57,8 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
 # -- the contract: parallel_runs changes only the wall time ----------------------------------------
 @pytest.mark.parametrize("chapter,slug", [("03", "03_vae_mnist"), ("04", "04_language_models")])
 def test_parallel_runs_change_only_the_wall_time(chapter, slug, smoke_chapter, results_tmp, tmp_path, monkeypatch):
-    from collapse_utils.config import load_preset
-    from collapse_utils.runner import execute_chapter
+    from collapse_utils.tooling.config import load_preset
+    from collapse_utils.tooling.runner import execute_chapter
 
     assert load_preset("smoke", chapter)["parallel_runs"] == 1 and load_preset("smoke", chapter)["seeds"] >= 2
     smoke_chapter(chapter)  # parallel_runs=1, results in results_tmp
@@ -81,7 +81,7 @@ def test_sigkill_mid_generation_resumes_without_recomputing(tmp_path):
     """A real subprocess runs chapter 03, is killed with SIGKILL once generation 1 has started, and is
     rerun: the journal shows it resumed at generation >= 1 (generation 0 is not refitted) and its
     metrics equal those of an uninterrupted run, value for value."""
-    from collapse_utils.engine import Checkpoints
+    from collapse_utils.core.engine import Checkpoints
 
     def command(results: Path, out: Path) -> tuple[list[str], dict]:
         args = _cli("run", "03", "--preset", "smoke", "--output-dir", str(out))
@@ -203,7 +203,7 @@ def test_read_only_results_folder_is_refused_before_compute(tmp_path):
 
 # -- the bad-input catalogue -------------------------------------------------------------------------
 def _corrupt_data(tmp: Path) -> Path:
-    from collapse_utils.data import find_dataset
+    from collapse_utils.core.data import find_dataset
 
     shared = find_dataset("mnist").parent
     d = tmp / "corrupt-data"
@@ -258,7 +258,7 @@ def test_bad_input_gets_one_clear_message_before_compute(what, argv, env, messag
 
     import papermill
 
-    from collapse_utils import runner
+    from collapse_utils.tooling import runner
 
     def no_compute(*a, **k):
         raise AssertionError("a kernel was started for a bad input")

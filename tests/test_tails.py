@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from collapse_utils import tails as TL
+from collapse_utils.models import tails as TL
 
 N, BETA, S = 20_000, 2.0, 150
 P = TL.zipf(N, BETA)

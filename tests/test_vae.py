@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from collapse_utils import vae
+from collapse_utils.models import vae
 from collapse_utils.chapters import vae_mnist as ch
-from collapse_utils.config import ParamError, load_preset
-from collapse_utils.data import DataError, find_dataset
-from collapse_utils.engine import run_recursion
+from collapse_utils.tooling.config import ParamError, load_preset
+from collapse_utils.core.data import DataError, find_dataset
+from collapse_utils.core.engine import run_recursion
 
 torch.set_num_threads(2)
 
@@ -224,8 +224,8 @@ def test_presets_match_and_validate():
         p = load_preset(name, "03")
         assert set(p) == keys
         ch.validate_params({**p, "preset": name, "run_name": ""})
-    from collapse_utils.config import get_chapter
-    from collapse_utils.runner import _read_md, notebook_defaults
+    from collapse_utils.tooling.config import get_chapter
+    from collapse_utils.tooling.runner import _read_md, notebook_defaults
 
     defaults = notebook_defaults(_read_md(get_chapter("03")))
     assert {k: v for k, v in defaults.items() if k not in ("preset", "run_name")} == load_preset("cpu", "03")
@@ -282,8 +282,8 @@ def test_bad_parameters_give_one_error_listing_all():
 def test_classifier_accuracy_above_97_percent(mnist_ok):
     """Trains the chapter's classifier (about 20-60 s on two cores) unless a cached copy of the same
     configuration exists; either way the accuracy is recomputed here from the weights."""
-    from collapse_utils import classifier as C
-    from collapse_utils.mnist import mnist_tensor
+    from collapse_utils.models import classifier as C
+    from collapse_utils.models.mnist import mnist_tensor
 
     params = load_preset("cpu", "03")
     model, stored_acc = ch.load_classifier(params, progress=False)
@@ -294,8 +294,8 @@ def test_classifier_accuracy_above_97_percent(mnist_ok):
 
 
 def test_classifier_training_is_deterministic_and_entropy(mnist_ok):
-    from collapse_utils import classifier as C
-    from collapse_utils.mnist import mnist_tensor
+    from collapse_utils.models import classifier as C
+    from collapse_utils.models.mnist import mnist_tensor
 
     x, y = mnist_tensor("train", 512, seed=1)
     cfg = C.ClassifierConfig(epochs=1, batch_size=64, seed=7)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from collapse_utils import verification as VF
-from collapse_utils.engine import run_recursion
-from collapse_utils.gaussian import real_data
+from collapse_utils.models import verification as VF
+from collapse_utils.core.engine import run_recursion
+from collapse_utils.models.gaussian import real_data
 
 Z = 4.0
 
@@ -81,7 +81,7 @@ def test_selection_under_replace_matches_the_exact_mean(keep):
 
 def test_selection_keeps_only_likely_samples():
     ex = VF.SelectedGaussianExperiment(0.5)
-    from collapse_utils.engine import GenerationContext
+    from collapse_utils.core.engine import GenerationContext
 
     model = (np.array([1.0, -2.0]), np.array([4.0, 0.25]))
     x = ex.sample(model, 500, GenerationContext(seed=0, generation=1))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from collapse_utils import lm, lm_train
-from collapse_utils.config import load_preset
-from collapse_utils.watermark import (
+from collapse_utils.models import lm, lm_train
+from collapse_utils.tooling.config import load_preset
+from collapse_utils.models.watermark import (
     GreenList,
     WatermarkLogitsProcessor,
     green_counts,

@@ -2,7 +2,7 @@
 
 sphinx-thebe adds its inline configuration script once per read of the sources, so a page could carry
 it twice, and the browser then reports "Identifier 'THEBE_JS_URL' has already been declared"
-(found by ``python -m collapse_utils.htmlcheck``).
+(found by ``python -m collapse_utils.tooling.htmlcheck``).
 """
 
 

@@ -3,12 +3,12 @@
 What prevents collapse?  Four studies, each beside its exact theory where one exists:
 
 1. ``regression`` / ``gaussian``: replace, accumulate and accumulate-subsample for linear regression
-   (:mod:`collapse_utils.regression`) and for the 1-D Gaussian of chapter 01
-   (:class:`collapse_utils.verification.SelectedGaussianExperiment` without selection);
-2. ``mixture``: how much real data a 2-D Gaussian mixture needs (:mod:`collapse_utils.mixing`);
+   (:mod:`collapse_utils.models.regression`) and for the 1-D Gaussian of chapter 01
+   (:class:`collapse_utils.models.verification.SelectedGaussianExperiment` without selection);
+2. ``mixture``: how much real data a 2-D Gaussian mixture needs (:mod:`collapse_utils.models.mixing`);
 3. ``verifier`` and ``selection``: verified synthetic labels and likelihood selection
-   (:mod:`collapse_utils.verification`);
-4. ``tails``: Zipf memorisation with cut tails (:mod:`collapse_utils.tails`).
+   (:mod:`collapse_utils.models.verification`);
+4. ``tails``: Zipf memorisation with cut tails (:mod:`collapse_utils.models.tails`).
 
 This module holds the parameters' check, the run plan (:func:`run` -> :class:`Result`), figures,
 tables and :func:`claims`; the algorithms live in the model modules.
@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, direction, finite, judge
-from ..config import Checker
-from ..engine import record_generations, run_recursion
-from ..gaussian import gaussian_theory, real_data as gaussian_real_data
-from ..gmm import real_data as gmm_real_data, truth as gmm_truth
-from .. import mixing as MX
-from .. import regression as RG
-from .. import tails as TL
-from .. import verification as VF
+from .claims import Claim, direction, finite, judge
+from ..core.params import Checker
+from ..core.engine import record_generations, run_recursion
+from ..models.gaussian import gaussian_theory, real_data as gaussian_real_data
+from ..models.gmm import real_data as gmm_real_data, truth as gmm_truth
+from ..models import mixing as MX
+from ..models import regression as RG
+from ..models import tails as TL
+from ..models import verification as VF
 
 __all__ = ["REG_REGIMES", "Result", "validate_params", "run", "run_regression", "run_gaussian", "run_mixture",
            "run_verifier", "run_selection", "run_tails", "mixture_settings", "stability_table", "smallest_stable_table", "page_numbers", "glue_numbers",
@@ -369,7 +369,7 @@ def run_tails(p: dict, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFram
     (``generation`` is 0, the size is ``data_size``), and the exact expectations."""
     from tqdm.auto import tqdm
 
-    from ..engine import progress_disabled
+    from ..core.progress import progress_disabled
 
     seeds = _seeds(p, "tail_seeds")
     zp = TL.zipf(p["tail_items"], p["tail_beta"])
@@ -464,7 +464,7 @@ def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _direction(x, alpha: float = ALPHA) -> int:
-    """:func:`collapse_utils.claims.direction` at this chapter's level ALPHA."""
+    """:func:`collapse_utils.chapters.claims.direction` at this chapter's level ALPHA."""
     return direction(x, alpha)
 
 
@@ -492,7 +492,7 @@ def plot_regression(result: Result):
     measured / exact."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, regime_colors
+    from .plotting import finish, regime_colors
 
     tab = regression_table(result)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
@@ -528,7 +528,7 @@ def plot_gaussian(result: Result):
     mean and the log-normal median under replace."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, regime_colors
+    from .plotting import finish, regime_colors
 
     p = result.params
     fig, ax = plt.subplots(figsize=(7.5, 4.3))
@@ -558,7 +558,7 @@ def plot_real_share(result: Result):
     set solid, fresh real data dashed), unbiased sampling; medians over seeds."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish
+    from .plotting import finish
 
     p = result.params
     m = result.mixture
@@ -588,7 +588,7 @@ def plot_bias(result: Result):
     """Final precision and recall against the real share for every setting (medians over seeds)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     tab = stability_table(result.mixture, result.params)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharex=True)
@@ -644,7 +644,7 @@ def plot_verifier(result: Result):
     Monte-Carlo means +- 2 SE (points) and the exact expectation (lines)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     p = result.params
     v, th = result.verifier, result.verifier_expected
@@ -673,7 +673,7 @@ def plot_selection(result: Result):
     the exact mean under replace."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, regime_colors
+    from .plotting import finish, regime_colors
 
     p = result.params
     s = result.selection
@@ -707,7 +707,7 @@ def plot_tails(result: Result):
     power law."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     p = result.params
     t, th = result.tails, result.tails_expected
@@ -802,7 +802,7 @@ def page_numbers(result: Result) -> dict:
 
 def glue_numbers(result: Result) -> dict:
     """Glue :func:`page_numbers` for the prose (outside a notebook it only returns them)."""
-    from ..claims import glue
+    from .claims import glue
 
     nums = page_numbers(result)
     for k, v in nums.items():

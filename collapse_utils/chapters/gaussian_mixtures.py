@@ -1,7 +1,7 @@
 """Study module of chapter 02, notebooks/02_gaussian_mixtures.md (see :mod:`collapse_utils.chapters`).
 
 The algorithm (batched EM, the closed-form L2 distance, the tails metric, :class:`GMMExperiment`)
-lives in :mod:`collapse_utils.gmm`; this module holds what the page needs: the parameters' check,
+lives in :mod:`collapse_utils.models.gmm`; this module holds what the page needs: the parameters' check,
 the run plan (:func:`run` -> :class:`Result`), figures, tables and :func:`claims`.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, direction, finite, judge
-from ..engine import record_generations
-from ..config import Checker
-from ..gmm import (
+from .claims import Claim, direction, finite, judge
+from ..core.engine import record_generations
+from ..core.params import Checker
+from ..models.gmm import (
     COVARIANCE_TYPES,
     DATA_SETTINGS,
     GMM,
@@ -26,8 +26,8 @@ from ..gmm import (
     speed_comparison,
     truth,
 )
-from ..results import seed_matrix
-from ..seeding import make_rng
+from ..core.results import seed_matrix
+from ..core.seeding import make_rng
 
 __all__ = [
     "SETTING_LABELS",
@@ -119,7 +119,7 @@ def run_study(label: str, settings: str | Sequence[str], p: dict, n_components: 
               generations: int, regime: str = "replace", keep: Sequence[int] = (), checkpoint_dir=None,
               progress: bool = True, study: str = "settings") -> dict[str, Study]:
     """One batched recursion over ``seeds`` for each data setting in ``settings`` (all in one batch)."""
-    from ..engine import run_recursion
+    from ..core.engine import run_recursion
 
     settings = [settings] if isinstance(settings, str) else list(settings)
     seeds = [int(x) for x in seeds]
@@ -285,7 +285,7 @@ def plot_panels(studies: dict[str, Study], panel_generations: Sequence[int], row
     stay readable at page width however many generations are shown."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import palette
+    from .plotting import palette
 
     gens = [g for g in panel_generations if g in studies[DATA_SETTINGS[0]].models]
     n_panels = len(gens) + 1
@@ -333,7 +333,7 @@ def plot_l2(studies: dict[str, Study]):
     """Squared L2 distance to generation 0 (and to the real distribution), bands over seeds, log y."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from .plotting import band, finish, palette
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
     cols = palette(2)
@@ -354,7 +354,7 @@ def plot_spreads(studies: dict[str, Study]):
     """Per-component spreads (smaller and larger) and the mixture's overall spread over generations."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from .plotting import band, finish, palette
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
     cols = palette(3)
@@ -380,7 +380,7 @@ def plot_tails(studies: dict[str, Study]):
     """Mass of the fitted model outside the real distribution's 95 %/99 % contours, relative to the truth's."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from .plotting import band, finish, palette
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
     cols = palette(3)
@@ -407,7 +407,7 @@ def plot_expressivity(studies: dict[str, Study]):
     """One Gaussian (K=1) vs two (K=2) fitted to the two-Gaussian data: distance to truth and to generation 0."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, palette
+    from .plotting import band, finish, palette
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
     cols = palette(2)
@@ -432,7 +432,7 @@ def plot_regimes(studies: dict[str, Study], regimes: Sequence[str]):
     """replace vs keep_real vs accumulate on the same seeds: L2 to the truth and the overall spread."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, regime_colors
+    from .plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     cols = regime_colors(regimes)
@@ -477,7 +477,7 @@ CLOSE = 3.0         # "close": accumulate's distance to the truth at most this m
 
 
 def _direction(x, alpha: float = ALPHA) -> int:
-    """:func:`collapse_utils.claims.direction` at this chapter's level ALPHA."""
+    """:func:`collapse_utils.chapters.claims.direction` at this chapter's level ALPHA."""
     return direction(x, alpha)
 
 

@@ -1,13 +1,13 @@
 r"""Study module of the chapter notebooks/01_gaussian_theory.md (see :mod:`collapse_utils.chapters`).
 
-The algorithms live in :mod:`collapse_utils.gaussian` (the Gaussian recursion and its exact
-theory) and :mod:`collapse_utils.discrete` (the categorical recursion).  This module holds what the
+The algorithms live in :mod:`collapse_utils.models.gaussian` (the Gaussian recursion and its exact
+theory) and :mod:`collapse_utils.models.discrete` (the categorical recursion).  This module holds what the
 page needs: the parameters' check, the run plan (:func:`run` -> :class:`Result`), the figures and
 tables, the numbers the prose glues (:func:`page_numbers`) and the paper's claims (:func:`claims`).
 
 Monte-Carlo honesty.  Under the unbiased estimator :math:`\mathbb E[\hat\sigma^2_g]=\sigma^2`, but the
 expectation is carried by ever rarer runs: the mean over S seeds estimates it only while the exact
-relative standard error :func:`collapse_utils.gaussian.mean_rel_se` is small.  Claims about means and
+relative standard error :func:`collapse_utils.models.gaussian.mean_rel_se` is small.  Claims about means and
 variances over seeds are tested at the last recorded generation within that horizon
 (:func:`horizon`), never past it.
 """
@@ -20,15 +20,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .. import discrete as D
-from ..claims import Claim, finite, glue, judge
-from ..config import Checker
-from ..engine import progress_disabled, record_generations, run_recursion
-from ..gaussian import (
+from ..models import discrete as D
+from .claims import Claim, finite, glue, judge
+from ..core.params import Checker
+from ..core.engine import record_generations, run_recursion
+from ..core.progress import progress_disabled
+from ..models.gaussian import (
     ESTIMATORS, GaussianExperiment, gaussian_theory, lognormal_quantile, mean_rel_se,
     size_schedule, w2_squared,
 )
-from ..results import seed_matrix
+from ..core.results import seed_matrix
 
 __all__ = [
     "validate_params", "run", "Result", "run_gaussian_studies", "run_discrete", "horizon", "band_spec",
@@ -203,7 +204,7 @@ def band_spec(n_seeds: int) -> tuple[tuple[float, float], str]:
 
 
 def _band(ax, x, samples, label, color, **kw):
-    from ..plotting import band
+    from .plotting import band
 
     q, words = band_spec(samples.shape[1])
     return band(ax, x, samples, label=f"{label}: median, {words}" if label else None, color=color, quantiles=q, **kw)
@@ -232,7 +233,7 @@ def _main(result: Result, estimator: str | None = None):
 # ------------------------------- figures -------------------------------------------------------
 def plot_official_view(result: Result, estimator: str = "mle"):
     """|mu_hat - mu| and |sigma_hat - sigma| over generations per M (the official notebook's plot), bands over seeds."""
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     main = _main(result, estimator)
     ms = sorted(main.M.unique())
@@ -255,7 +256,7 @@ def plot_official_view(result: Result, estimator: str = "mle"):
 
 def plot_moments(result: Result):
     """Var(mu_g) and the mean of sigma2_g over seeds against the exact formulas, up to each M's horizon."""
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     main = _main(result)
     G = int(main.generation.max())
@@ -290,7 +291,7 @@ def plot_moments(result: Result):
 
 def plot_w2(result: Result, estimator: str = "unbiased"):
     """Mean W2^2 to the original Gaussian with the exact expectation and the paper's first-order formula."""
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     main = _main(result, estimator)
     G = int(main.generation.max())
@@ -314,7 +315,7 @@ def plot_w2(result: Result, estimator: str = "unbiased"):
 
 def plot_as_collapse(result: Result):
     """Median and 5-95 % range of sigma2_g (unbiased) over seeds vs the log-normal approximation; the mean."""
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     main = _main(result, "unbiased")
     G = int(main.generation.max())
@@ -340,7 +341,7 @@ def plot_as_collapse(result: Result):
 
 def plot_schedules(result: Result):
     """Mean W2^2 for constant, linear and quadratic sample-size schedules, with exact theory."""
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     sub = result.gaussian[result.gaussian.study == "schedules"]
     G, m0 = int(sub.generation.max()), int(sub.M.iloc[0])
@@ -363,7 +364,7 @@ def plot_schedules(result: Result):
 
 def plot_accumulate(result: Result):
     """Replace vs accumulate: W2^2 and sigma2 bands over seeds."""
-    from ..plotting import finish, regime_colors
+    from .plotting import finish, regime_colors
 
     sub = result.gaussian[result.gaussian.study == "accumulate"]
     fig, axes = _axes(1, 2, figsize=(11, 4.2))
@@ -393,7 +394,7 @@ def draws_vs_exact(result: Result) -> pd.DataFrame:
 
 
 def plot_draws_vs_exact(result: Result):
-    from ..plotting import finish, palette
+    from .plotting import finish, palette
 
     sub = result.gaussian[result.gaussian.study == "draws_check"]
     fig, ax = _axes(1, 1, figsize=(7.5, 4.2))
@@ -411,7 +412,7 @@ def plot_draws_vs_exact(result: Result):
 def plot_survival(result: Result):
     import matplotlib as mpl
 
-    from ..plotting import finish
+    from .plotting import finish
 
     ex, last = result.categorical, result.last_discrete_generation
     g = np.unique(np.round(np.logspace(0, np.log10(max(last, 2)), 200)).astype(int))
@@ -434,7 +435,7 @@ def plot_survival(result: Result):
 
 
 def plot_absorption(result: Result):
-    from ..plotting import finish
+    from .plotting import finish
 
     table = result.absorption
     fig, ax = _axes(1, 1, figsize=(6.5, 5))

@@ -1,7 +1,7 @@
 """Study module of the chapter notebooks/04_language_models.md (see :mod:`collapse_utils.chapters`).
 
-The experiment itself -- data, the pretrained base, the engine experiment :class:`~collapse_utils.lm.LMCollapse`
--- lives in :mod:`collapse_utils.lm`.  This module holds what the page needs: the parameters and inputs
+The experiment itself -- data, the pretrained base, the engine experiment :class:`~collapse_utils.models.lm.LMCollapse`
+-- lives in :mod:`collapse_utils.models.lm`.  This module holds what the page needs: the parameters and inputs
 check, the run plan (settings (a), (b) and the repetition-penalty ablation, seeds side by side in
 worker processes), the result object, tables, figures and the claims of the paper that the run tests.
 
@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..claims import Claim, finite, judge
-from ..config import Checker
-from ..engine import run_recursion
-from ..lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
-from ..lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
-from ..plotting import finish, palette, regime_colors
-from ..regimes import parse_regime
+from .claims import Claim, finite, judge
+from ..core.params import Checker
+from ..core.engine import run_recursion
+from ..models.lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
+from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
+from .plotting import finish, palette, regime_colors
+from ..core.regimes import parse_regime
 
 __all__ = [
     "SETTINGS",
@@ -135,10 +135,10 @@ def _offline(*extra: str) -> bool:
 def check_inputs(p: dict) -> None:
     """Before any compute: the text the run reads is present and verified, and a hub model can be loaded.
 
-    Raises :class:`~collapse_utils.data.DataError` with what is missing and how to provide it.
+    Raises :class:`~collapse_utils.core.data.DataError` with what is missing and how to provide it.
     """
-    from ..data import DataError, dataset_file
-    from ..lm_data import SPLITS
+    from ..core.data import DataError, dataset_file
+    from ..models.lm_data import SPLITS
 
     if p["data_config"] == "wikitext-2-v1":
         for split in SPLITS:
@@ -252,10 +252,10 @@ def run_settings(p: dict, data: LMData, base: Base, settings, run_dir: str | os.
     beam-search outputs live (content-addressed, keyed by the training code too) in
     ``run_dir/checkpoints/models`` and are reused -- the comparisons share setting (a)'s generation-0
     model, so run them after (a).  With ``parallel_runs > 1`` on a CPU the jobs run side by side in
-    worker processes, the longest first (:func:`collapse_utils.parallel.run_jobs`); serial or parallel,
+    worker processes, the longest first (:func:`collapse_utils.core.parallel.run_jobs`); serial or parallel,
     each job computes with ``threads_per_run`` torch threads, so the results are identical either way.
     """
-    from ..parallel import run_jobs
+    from ..core.parallel import run_jobs
 
     specs = {s: setting_spec(p, s) for s in settings}
     tok = load_tokenizer(data.tokenizer_path)

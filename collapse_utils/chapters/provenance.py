@@ -1,7 +1,7 @@
 """Study module of the chapter notebooks/06_provenance.md (see :mod:`collapse_utils.chapters`).
 
-The algorithms -- the green-list watermark (:mod:`collapse_utils.watermark`), the crawl, the detectors and
-the filters (:mod:`collapse_utils.provenance`) -- live in model modules.  This module holds what the page
+The algorithms -- the green-list watermark (:mod:`collapse_utils.models.watermark`), the crawl, the detectors and
+the filters (:mod:`collapse_utils.models.provenance`) -- live in model modules.  This module holds what the page
 needs: the parameters and inputs check, the run plan (every seed one job: generation 0 and the calibration
 first, then each filtering arm through the engine; seeds side by side in worker processes), the result
 object, tables, figures and the claims the run tests.
@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..claims import Claim, finite, judge
-from ..config import Checker
-from ..lm import LOCAL_MODEL, Base
-from ..lm import prepare_base as _lm_prepare_base
-from ..lm import prepare_data as _lm_prepare_data
-from ..lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData
-from ..plotting import finish, palette
-from ..provenance import ARMS, DETECTORS, CrawlSettings, ProvenanceCollapse, pool_size, synthetic_shares
+from .claims import Claim, finite, judge
+from ..core.params import Checker
+from ..models.lm import LOCAL_MODEL, Base
+from ..models.lm import prepare_base as _lm_prepare_base
+from ..models.lm import prepare_data as _lm_prepare_data
+from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData
+from .plotting import finish, palette
+from ..models.provenance import ARMS, DETECTORS, CrawlSettings, ProvenanceCollapse, pool_size, synthetic_shares
 
 __all__ = [
     "ARM_LABELS",
@@ -158,7 +158,7 @@ def prepare_data(p: dict) -> LMData:
     data = _lm_prepare_data(lm_params(p))
     need = pool_size(p["crawl_blocks"], p["generations"], p["calibration_blocks"])
     if len(data.train) < need:
-        from ..config import ParamError
+        from ..core.params import ParamError
 
         raise ParamError(f"the crawl needs {need} distinct human training blocks but this data configuration has "
                          f"{len(data.train)} available to the recursion; lower crawl_blocks, generations or "
@@ -168,7 +168,7 @@ def prepare_data(p: dict) -> LMData:
 
 def base_cache() -> Path:
     """Chapter 04's cache of pretrained bases (shared: the same parameters give the same base)."""
-    from ..results import results_root
+    from ..core.results import results_root
 
     return results_root() / "04_language_models" / "_cache"
 
@@ -209,7 +209,7 @@ def _frames(obj: dict, seed: int, arm: str) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def _run_seed(job: dict) -> dict:
     """One seed: generation 0 and the calibration (shared by the arms), then every arm through the engine."""
-    from ..engine import GenerationContext, run_recursion
+    from ..core.engine import GenerationContext, run_recursion
 
     p, seed, data = job["p"], job["seed"], job["data"]
     first = _experiment(job, "none")
@@ -274,7 +274,7 @@ def run(p: dict, data: LMData, base: Base, run_dir: str | os.PathLike, progress:
     """
     import torch
 
-    from ..parallel import run_jobs
+    from ..core.parallel import run_jobs
 
     t0 = time.time()
     ckpt = Path(run_dir) / "checkpoints"

@@ -2,7 +2,7 @@
 
 The page's side of the chapter contract (:mod:`collapse_utils.chapters`): parameters, the run plan
 (conditions x seeds through the recursion engine), tables, figures and the paper's claims tested by
-the run.  The model, its training and the engine experiment are :mod:`collapse_utils.vae`.
+the run.  The model, its training and the engine experiment are :mod:`collapse_utils.models.vae`.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import vae
-from ..claims import Claim, finite, judge
+from ..models import vae
+from .claims import Claim, finite, judge
 
 __all__ = [
     "GEN0_CONFIDENCE_FLOOR", "GEN0_CONFIDENCE_TOLERANCE", "MIN_GEN0_ENTROPY", "MIN_SHARE", "PAPER_GEN0_CONFIDENCE",
@@ -69,7 +69,7 @@ class Condition:
 
 def parse_condition(spec: str) -> Condition:
     """``"replace/fresh"``, ``"replace/fixed"``, ``"keep_real(0.1)/fixed"``, ``"accumulate/fixed"``..."""
-    from ..regimes import parse_regime
+    from ..core.regimes import parse_regime
 
     if not isinstance(spec, str) or spec.count("/") != 1:
         raise ValueError(f"a condition looks like '<regime>/<fresh|fixed>', e.g. 'replace/fresh', got {spec!r}")
@@ -104,7 +104,7 @@ def setup_torch(threads: int = 1) -> None:
     """Set torch's CPU threads for computing in this process (the notebook's own cells).
 
     Everything the chapter computes -- the classifier, every run -- goes through
-    :func:`collapse_utils.parallel.run_threads` with ``threads_per_run`` threads instead, so the
+    :func:`collapse_utils.core.parallel.run_threads` with ``threads_per_run`` threads instead, so the
     numbers never depend on this setting or on ``parallel_runs``."""
     torch.set_num_threads(int(threads))
 
@@ -125,10 +125,10 @@ def steps_per_generation(params: dict) -> int:
 def load_data(params: dict, path=None, download: bool = True) -> dict:
     """The real training subset (``n_train`` images, seeded) and ``n_test_eval`` real test images.
 
-    Files are looked up as in :mod:`collapse_utils.data`; missing ones are downloaded from a mirror
+    Files are looked up as in :mod:`collapse_utils.core.data`; missing ones are downloaded from a mirror
     and verified where a network exists (e.g. on Colab), otherwise a DataError says how to provide them.
     """
-    from ..mnist import mnist_tensor
+    from ..models.mnist import mnist_tensor
 
     x, y = mnist_tensor("train", params["n_train"], seed=params["data_seed"], path=path, download=download)
     xt, yt = mnist_tensor("test", params["n_test_eval"], seed=params["data_seed"], path=path, download=download)
@@ -137,8 +137,8 @@ def load_data(params: dict, path=None, download: bool = True) -> dict:
 
 def load_classifier(params: dict, progress: bool = True):
     """The MNIST classifier of the chapter (trained once on real data, then cached) and its test accuracy."""
-    from ..classifier import ClassifierConfig, load_or_train
-    from ..parallel import run_threads
+    from ..models.classifier import ClassifierConfig, load_or_train
+    from ..core.parallel import run_threads
 
     cfg = ClassifierConfig(epochs=params["classifier_epochs"], n_train=params["classifier_n_train"])
     with run_threads(params["threads_per_run"]):
@@ -156,12 +156,12 @@ def _run_key(params: dict, cfg: vae.TrainConfig) -> str:
 
 def _run_one(job: dict) -> tuple:
     """One condition x seed through the engine (runs in this process or in a worker process)."""
-    from ..engine import run_recursion
+    from ..core.engine import run_recursion
 
     cfg, cond, seed, root = job["cfg"], job["condition"], job["seed"], job["root"]
     clf = job["classifier"]
     if isinstance(clf, dict):  # a state dict sent to a worker process
-        from ..classifier import MnistCNN
+        from ..models.classifier import MnistCNN
 
         model = MnistCNN()
         model.load_state_dict(clf)
@@ -178,18 +178,18 @@ def _run_one(job: dict) -> tuple:
 
 def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
               checkpoint_root: str | Path | None = None, progress: bool = True) -> Study:
-    """Every condition x seed through :func:`~collapse_utils.engine.run_recursion`, same seeds everywhere.
+    """Every condition x seed through :func:`~collapse_utils.core.engine.run_recursion`, same seeds everywhere.
 
     Checkpoints go to ``checkpoint_root/<condition>-<settings hash>/seed<k>/`` so an interrupted
     run resumes; generation 0 (identical in every condition) is fitted once per seed and cached.
     With ``parallel_runs > 1`` (CPU only) that many runs train at once in worker processes; serial or
     parallel, every run computes with ``threads_per_run`` torch threads, so the numbers are identical
-    either way (:mod:`collapse_utils.parallel`).  On an idle two-core machine two single-threaded
+    either way (:mod:`collapse_utils.core.parallel`).  On an idle two-core machine two single-threaded
     runs train as many images per second as one two-threaded run (``benchmarks/bench_vae.py
     --parallel``); on a machine shared with other jobs they are several times faster, because an
     OpenMP thread that waits for a descheduled partner stalls the whole step.
     """
-    from ..parallel import run_jobs
+    from ..core.parallel import run_jobs
 
     cfg = train_config(params)
     conditions = [parse_condition(c) for c in params["conditions"]]
@@ -226,13 +226,13 @@ def run_study(params: dict, data: dict, classifier: nn.Module | None = None,
 # ---------------------------------------------------------------------------------------------
 def check_inputs(params: dict) -> None:
     """Before any compute: the MNIST files are present (downloaded where a network exists) and verified."""
-    from ..data import find_dataset
+    from ..core.data import find_dataset
 
     find_dataset("mnist", download=True)
 
 
 def validate_params(params: dict) -> None:
-    from ..config import Checker
+    from ..core.params import Checker
 
     c = Checker(params, "03")
     c.int("seed", 0).int("seeds", 1, 100).int("generations", 1, 1000)
@@ -269,7 +269,7 @@ def validate_params(params: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 def seed_matrix(metrics: pd.DataFrame, metric: str, condition: str) -> tuple[np.ndarray, np.ndarray]:
     """(generations, values[len(generations), n_seeds]) of one metric under one condition."""
-    from ..results import seed_matrix as _seed_matrix
+    from ..core.results import seed_matrix as _seed_matrix
 
     return _seed_matrix(metrics, metric, condition=condition)
 
@@ -392,14 +392,14 @@ def save_artifacts(study: Study, folder: str | Path) -> Path:
     path = Path(folder) / "artifacts.npz"
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    from ..storage import atomic_write_bytes
+    from ..core.storage import atomic_write_bytes
 
     atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures (each returns a matplotlib Figure; the book's style comes from collapse_utils.plotting)
+# Figures (each returns a matplotlib Figure; the book's style comes from collapse_utils.chapters.plotting)
 # ---------------------------------------------------------------------------------------------
 def _int_ticks(*axes) -> None:
     from matplotlib.ticker import MaxNLocator
@@ -464,7 +464,7 @@ def plot_latent_spread(study: Study):
     Lines: medians over seeds; bands: min-max over seeds (with few seeds a range, not an uncertainty)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, regime_colors
+    from .plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
     cols = regime_colors([c.regime for c in study.conditions])
@@ -576,7 +576,7 @@ def plot_class_entropy(study: Study):
     over seeds."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, regime_colors
+    from .plotting import band, finish, regime_colors
 
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.0))
     for cond, col in zip(study.conditions, regime_colors([c.regime for c in study.conditions])):
@@ -596,7 +596,7 @@ def plot_test_elbo(study: Study):
     """Negative ELBO per real test image under each generation's VAE (nats); median and min-max over seeds."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import band, finish, regime_colors
+    from .plotting import band, finish, regime_colors
 
     fig, ax = plt.subplots(figsize=(7.5, 4.0))
     for cond, col in zip(study.conditions, regime_colors([c.regime for c in study.conditions])):
@@ -797,7 +797,7 @@ def page_numbers(study: Study, params: dict) -> dict:
 
 def glue_page_numbers(study: Study, params: dict) -> dict:
     """Glue :func:`page_numbers` for the prose (``{glue:text}`c03_steps```) and return them."""
-    from ..claims import glue
+    from .claims import glue
 
     nums = page_numbers(study, params)
     for k, v in nums.items():

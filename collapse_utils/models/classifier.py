@@ -71,7 +71,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig = C
     """Adam with a cosine-decayed learning rate over ``cfg.epochs`` shuffled passes; deterministic."""
     from tqdm.auto import tqdm
 
-    from .engine import progress_disabled
+    from ..core.progress import progress_disabled
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -118,7 +118,7 @@ def class_entropy(fractions: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def _default_cache() -> Path:
-    from .data import cache_dir
+    from ..core.data import cache_dir
 
     return cache_dir() / "models"
 
@@ -133,8 +133,8 @@ def load_or_train(cfg: ClassifierConfig = ClassifierConfig(), cache: str | os.Pa
     from .mnist import mnist_tensor
 
     folder = None if cache is False else Path(cache) if cache not in (None, True) else _default_cache()
-    from .parallel import thread_tag
-    from .storage import read_cache
+    from ..core.parallel import thread_tag
+    from ..core.storage import read_cache
 
     # the thread count is part of the key: weights trained with other threads differ in the last bits
     fname = folder / f"mnist_cnn-{cfg.key()}-{thread_tag()}.pt" if folder else None
@@ -155,7 +155,7 @@ def load_or_train(cfg: ClassifierConfig = ClassifierConfig(), cache: str | os.Pa
     xt, yt = mnist_tensor("test", path=data_path, download=download)
     acc = evaluate_accuracy(model, xt, yt)
     if fname is not None:
-        from .storage import atomic_write_bytes
+        from ..core.storage import atomic_write_bytes
 
         buf = io.BytesIO()
         torch.save({"state_dict": model.state_dict(), "test_accuracy": acc,

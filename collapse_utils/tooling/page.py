@@ -45,7 +45,7 @@ def colab_ref() -> str:
 
     The version lives in one place, ``collapse_utils.__version__`` (pyproject.toml repeats it; a test
     checks they agree).  Publishing a version means tagging the commit ``v<version>``."""
-    from . import __version__
+    from .._version import __version__
 
     return f"v{__version__}"
 
@@ -55,7 +55,7 @@ def repository_url(root: str | Path | None = None) -> str:
     installed without its book (pip in Colab), :data:`REPOSITORY_URL`, which a test keeps equal to it."""
     import yaml
 
-    from .results import repo_root
+    from ..core.results import repo_root
 
     root = Path(root) if root else repo_root(Path(__file__).parent)
     if not (root / "_config.yml").exists():
@@ -140,7 +140,7 @@ def _looks_typed(s: str) -> bool:
 def versions() -> dict[str, str]:
     """Versions of what produced the page: Python, numpy, torch, transformers (when the chapter imported
     it), collapse_utils."""
-    from . import __version__
+    from .._version import __version__
 
     from importlib import metadata
 
@@ -239,7 +239,7 @@ def _duration(seconds: float) -> str:
 
 def reproduce(run, show: bool = True) -> str:
     """The closing cell of every chapter: display (and return) :func:`reproduce_markdown` for ``run``
-    (a :class:`collapse_utils.config.ChapterRun`)."""
+    (a :class:`collapse_utils.tooling.config.ChapterRun`)."""
     ch = run.chapter
     out_dir = os.environ.get("COLLAPSE_CLAIMS_DIR")  # set by the runner: the folder of executed notebooks
     downloads = _copy_downloads(ch.slug, run.dir, Path(out_dir)) if out_dir else None
@@ -302,7 +302,7 @@ def execution_markdown(rows: list[dict]) -> str:
 
 def write_execution_page(generated: str | Path) -> Path:
     """``<generated>/execution_table.md`` (included by book/execution.md) from the executed notebooks."""
-    from .storage import atomic_write_bytes
+    from ..core.storage import atomic_write_bytes
 
     generated = Path(generated)
     path = generated / EXECUTION_TABLE

@@ -11,11 +11,11 @@ of Bertrand et al. (ICLR 2024) and Alemohammad et al. (ICLR 2024):
   covariance times :math:`\tau^2`) or truncated to its own most likely points (``truncation`` =
   fraction of draws kept, highest model density first) -- quality bought with diversity.
 
-Metrics: the closed-form squared L2 distance to the truth (:func:`collapse_utils.gmm.l2_distance_sq`),
+Metrics: the closed-form squared L2 distance to the truth (:func:`collapse_utils.models.gmm.l2_distance_sq`),
 component spreads, and k-NN precision and recall (Kynkäänniemi et al. 2019) of the samples the model
 hands on against fresh samples of the truth (:func:`knn_precision_recall`).
 
-This module knows nothing about pages.  It uses :mod:`collapse_utils.gmm` through its public API.
+This module knows nothing about pages.  It uses :mod:`collapse_utils.models.gmm` through its public API.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Experiment, GenerationContext
+from ..core.engine import Experiment, GenerationContext
 from .gmm import GMM, fit_gmm, l2_distance_sq
-from .seeding import make_rng
+from ..core.seeding import make_rng
 
 __all__ = ["SamplingBias", "parse_bias", "MixtureLoop", "knn_precision_recall", "knn_radii", "REAL_SOURCES"]
 

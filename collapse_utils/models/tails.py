@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special
 
-from .seeding import make_rng
+from ..core.seeding import make_rng
 
 __all__ = ["zipf", "truncate", "mix", "expected_error", "plateau", "plateau_asymptotic", "power_law",
            "simulate_error", "data_sizes"]

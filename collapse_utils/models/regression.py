@@ -32,8 +32,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .engine import Experiment, GenerationContext
-from .seeding import make_rng
+from ..core.engine import Experiment, GenerationContext
+from ..core.seeding import make_rng
 
 __all__ = ["RegressionExperiment", "GramStats", "error_factor", "expected_test_error", "first_error",
            "real_problem", "ols", "PI2_6"]

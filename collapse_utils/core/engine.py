@@ -2,7 +2,7 @@
 
 Every experiment in the book is the same loop.  Generation 0 is a model fitted
 to the real data; generation ``g + 1`` is a fresh model fitted to the training
-set that the :class:`~collapse_utils.regimes.Regime` assembles from the
+set that the :class:`~collapse_utils.core.regimes.Regime` assembles from the
 generation-``g`` model's samples (and, depending on the regime, real or earlier
 data).  An experiment supplies three methods:
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import inspect
 import os
 import pickle
 import re
@@ -36,17 +35,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .progress import progress_disabled
 from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
-from .storage import atomic_write_bytes, read_cache
+from .storage import atomic_write_bytes, fingerprint, read_cache
 
-__all__ = ["Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
+__all__ = ["Loop", "Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
            "progress_disabled", "source_hash", "Checkpoints", "record_generations"]
 
-
-def progress_disabled(progress: bool = True) -> bool:
-    """True when progress bars are off: asked for, or TQDM_DISABLE set (the runner sets it for rendered pages)."""
-    return (not progress) or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
 
 CHECKPOINT_VERSION = 3
 KEEP_CHECKPOINTS = 2  # the newest two: a damaged newest one costs one generation, not the run
@@ -120,15 +116,33 @@ class RecursionResult:
         return self.metrics.pivot_table(index=idx, columns="metric", values="value").reset_index()
 
 
+@dataclass
+class Loop:
+    """The pieces of a chapter's main recursion, assembled on its page and handed to its ``run``.
+
+    ``experiment`` fits, samples and measures (see :class:`Experiment`); ``regime`` composes each
+    generation's training set (``"replace"``, ``"keep_real(0.1)"``, ``"accumulate"``, a
+    :class:`~collapse_utils.core.regimes.Regime`); ``generations`` counts the rounds after generation 0.
+    Swap any of them in the notebook and rerun: seeds, workers, checkpoints and caches stay behind
+    the chapter's one ``run(p, loop, ...)`` call.
+    """
+
+    experiment: Any
+    regime: str | Regime = "replace"
+    generations: int = 1
+
+    def __post_init__(self):
+        self.regime = parse_regime(self.regime)
+        if int(self.generations) != self.generations or self.generations < 0:
+            raise ValueError(f"generations must be a non-negative integer, got {self.generations!r}")
+        for method in ("fit", "sample"):
+            if not callable(getattr(self.experiment, method, None)):
+                raise TypeError(f"the loop's experiment has no {method}() method: {self.experiment!r}")
+
+
 def source_hash(*modules, length: int = 16) -> str:
-    """A hash of the source code of modules: results stored under it are not reused by other code."""
-    h = hashlib.sha256()
-    for mod in modules:
-        try:
-            h.update(inspect.getsource(mod).encode())
-        except (OSError, TypeError):
-            h.update(mod.__name__.encode())
-    return h.hexdigest()[:length]
+    """A hash of the source code of modules (:func:`~collapse_utils.core.storage.fingerprint`)."""
+    return fingerprint(*modules, length=length)
 
 
 def _code_version(cls: type) -> str:

@@ -52,7 +52,9 @@ def run_dir(chapter: str, run_name: str, create: bool = True) -> Path:
 
 
 def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
+    from collections.abc import Mapping
+
+    if isinstance(x, Mapping):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]

@@ -12,7 +12,7 @@ computation for a whole batch of independent seeds at once:
                      (checked per seed: a converged seed stops being updated), ``max_iter``.
 ``GMM``              fitted parameters of a batch, ``sample`` and ``log_prob``.
 ``l2_distance_sq``   the closed-form squared L2 distance between two mixtures (the paper's metric).
-``GMMExperiment``    the experiment that :func:`collapse_utils.engine.run_recursion` drives.
+``GMMExperiment``    the experiment that :func:`collapse_utils.core.engine.run_recursion` drives.
 ``speed_comparison`` the batched recursion timed against sklearn refitted one seed at a time.
 
 The chapter's run plan, figures, tables and claims live in
@@ -60,8 +60,8 @@ from functools import cache
 import numpy as np
 import pandas as pd
 
-from .engine import Experiment, GenerationContext
-from .seeding import make_rng
+from ..core.engine import Experiment, GenerationContext
+from ..core.seeding import make_rng
 
 __all__ = [
     "COVARIANCE_TYPES",
@@ -1198,8 +1198,8 @@ def speed_comparison(n_seeds: int, sk_seeds: int, generations: int, n: int = 100
     from sklearn.mixture import GaussianMixture
     from threadpoolctl import threadpool_limits
 
-    from .engine import run_recursion
-    from .seeding import derive_seed
+    from ..core.engine import run_recursion
+    from ..core.seeding import derive_seed
 
     checkpoints = sorted({int(g) for g in checkpoints if 0 < g <= generations} | {generations})
     dist = truth("blob")

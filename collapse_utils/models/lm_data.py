@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, cache_dir, dataset_file
-from .storage import atomic_write_bytes, read_cache
+from ..core.data import DataError, cache_dir, dataset_file
+from ..core.storage import atomic_write_bytes, read_cache
 
 __all__ = [
     "DATA_CONFIGS",
@@ -101,7 +101,7 @@ TOKENIZE_MODES = ("lines", "hf_clm")
 
 def file_rows(lines) -> list[str]:
     """Hugging Face ``wikitext`` rows from the lines of an original file: one row per line with its
-    newline, a blank line (``" \n"``) an empty row -- the inverse of :func:`collapse_utils.data.rows_to_text`."""
+    newline, a blank line (``" \n"``) an empty row -- the inverse of :func:`collapse_utils.core.data.rows_to_text`."""
     return [line if line.strip() else "" for line in lines]
 
 
@@ -311,7 +311,7 @@ def _folder_key(name: str) -> list[str]:
 def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_headings: bool = False,
                       data_path=None, cache=None, tokenize: str = "lines"):
     """(tokenizer_path, {split: ids}, info) -- cached on disk, keyed by everything that matters."""
-    from . import __version__
+    from .._version import __version__
 
     if tokenize not in TOKENIZE_MODES:
         raise ValueError(f"tokenize must be one of {TOKENIZE_MODES}, got {tokenize!r}")

@@ -62,7 +62,7 @@ import math
 import numpy as np
 import torch
 
-from .engine import progress_disabled
+from ..core.progress import progress_disabled
 
 __all__ = ["beam_search", "fast_beam_supported", "fast_beam_unsupported_reason", "rowwise_processor"]
 
@@ -275,7 +275,7 @@ _INLINE_OK: dict = {}
 def rowwise_processor(proc) -> bool:
     """Whether a logits processor declares itself row-wise (a class attribute ``rowwise = True``): row ``i``
     of its output depends on row ``i`` of ``input_ids`` and ``scores`` alone, so it gives the same numbers
-    whatever the order of the rows (e.g. :class:`collapse_utils.watermark.WatermarkLogitsProcessor`)."""
+    whatever the order of the rows (e.g. :class:`collapse_utils.models.watermark.WatermarkLogitsProcessor`)."""
     return getattr(proc, "rowwise", False) is True
 
 

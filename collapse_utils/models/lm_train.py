@@ -6,7 +6,7 @@ Training (:func:`finetune`) runs under Hugging Face Accelerate, so the same code
 one GPU, or several processes started with ``accelerate launch``; this module is also a command
 line script for such launches::
 
-    accelerate launch --multi_gpu --num_processes 2 -m collapse_utils.lm_train \
+    accelerate launch --multi_gpu --num_processes 2 -m collapse_utils.models.lm_train \
         --model facebook/opt-125m --blocks blocks.pt --out path/to/out --epochs 5
 
 On a machine without GPUs the same command with ``COLLAPSE_FORCE_CPU=1`` starts two CPU processes
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import progress_disabled
+from ..core.progress import progress_disabled
 
 __all__ = [
     "FitInfo",
@@ -53,7 +53,7 @@ def cap_threads() -> None:
     """For the command line (``accelerate launch``): COLLAPSE_TORCH_THREADS threads per process, if set.
 
     Inside the book, the threads of a run are set by the run itself
-    (:func:`collapse_utils.parallel.run_threads`), never here."""
+    (:func:`collapse_utils.core.parallel.run_threads`), never here."""
     want = os.environ.get("COLLAPSE_TORCH_THREADS")
     if want:
         torch.set_num_threads(int(want))
@@ -257,7 +257,7 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
     """Beam-search exactly ``new_tokens`` tokens after every prompt block: LongTensor (n, new_tokens).
 
     Deterministic (no sampling).  ``model.generate`` does the search, except where
-    :func:`collapse_utils.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in one process, extra
+    :func:`collapse_utils.models.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in one process, extra
     processors only if row-wise, as the watermark is), which gives the same tokens as ``generate`` without its per-step overhead (tested
     token for token in ``tests/test_lm_beam.py``).  ``logits_processor``: extra ``transformers`` logits
     processors (e.g. a watermark), applied after the built-in ones as ``generate`` applies them.  With several

@@ -35,8 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import special, stats
 
-from .engine import Experiment, GenerationContext
-from .seeding import make_rng
+from ..core.engine import Experiment, GenerationContext
+from ..core.seeding import make_rng
 
 __all__ = ["kept_accuracy", "keep_rate", "expected_verified_error", "verified_errors", "bayes_error",
            "SelectedGaussianExperiment", "truncation_point", "kappa", "selected_variance"]

@@ -1,10 +1,10 @@
 """MNIST from the original IDX gzip files, with numpy and gzip only (no torchvision).
 
-The four files are registered in :mod:`collapse_utils.data` with their sha256, so the
+The four files are registered in :mod:`collapse_utils.core.data` with their sha256, so the
 usual lookup order applies: an explicit ``path``, ``COLLAPSE_DATA_DIR/mnist``, the local
 cache, and (``download=True``, where a network exists) a standard mirror downloaded into
 the cache and verified.  Every problem -- a missing file, a wrong checksum, a file that is
-not a valid IDX file -- is one :class:`~collapse_utils.data.DataError` that names the file,
+not a valid IDX file -- is one :class:`~collapse_utils.core.data.DataError` that names the file,
 the expected sha256 and how to provide the data.
 
 IDX format (LeCun et al.): a big-endian header ``0x00 0x00 <dtype> <ndim>`` followed by
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import REGISTRY, DataError, dataset_file
+from ..core.data import REGISTRY, DataError, dataset_file
 
 __all__ = ["FILES", "N_IMAGES", "load_mnist", "mnist_tensor", "read_idx", "subset_indices"]
 

@@ -14,7 +14,7 @@ means in [0, 1] (grey-level images), exactly as the official notebook feeds them
 next generation; nothing is binarised.
 
 Generation 0 trains on real MNIST; every later generation is a fresh VAE trained on data
-from the previous one, through :func:`collapse_utils.engine.run_recursion`.  Two readings of
+from the previous one, through :func:`collapse_utils.core.engine.run_recursion`.  Two readings of
 "data from the previous one":
 
 ``fresh``  (the official code) new latents ``z ~ N(0, I)`` are decoded by the previous decoder
@@ -32,7 +32,7 @@ Measurement (the official notebook's, plus a classifier): each generation decode
 latents from the prior; the *generation-0* encoder maps the images to latent means, whose
 centre (norm of the mean vector) and spread (square root of the covariance trace) are recorded,
 and whose densities give the KDE figures.  A small CNN trained once on real MNIST
-(:mod:`collapse_utils.classifier`) labels the same images, giving the class distribution and
+(:mod:`collapse_utils.models.classifier`) labels the same images, giving the class distribution and
 its entropy; the negative ELBO of the real test images measures what the model still knows
 about real data.
 """
@@ -254,7 +254,7 @@ def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progr
     """
     from tqdm.auto import tqdm
 
-    from .engine import progress_disabled
+    from ..core.progress import progress_disabled
 
     dev = cfg.device
     n = len(data)
@@ -342,7 +342,7 @@ def latent_stats(mu: np.ndarray) -> dict[str, float]:
 
 
 class VAEExperiment:
-    """fit / sample / evaluate for :func:`collapse_utils.engine.run_recursion` (one seed per run)."""
+    """fit / sample / evaluate for :func:`collapse_utils.core.engine.run_recursion` (one seed per run)."""
 
     batched = False
 
@@ -369,7 +369,7 @@ class VAEExperiment:
         seed = ctx.int_seed("fit")
         cached = self._gen0_path(data, ctx) if ctx.generation == 0 else None
         if cached is not None:
-            from .storage import read_cache
+            from ..core.storage import read_cache
 
             def load(path):
                 blob = torch.load(path, map_location=self.cfg.device, weights_only=True)
@@ -384,7 +384,7 @@ class VAEExperiment:
         model, hist = train_vae(data, self.cfg, seed, steps=self.steps)
         self.histories[ctx.generation] = hist
         if cached is not None:
-            from .storage import atomic_write_bytes
+            from ..core.storage import atomic_write_bytes
 
             buf = io.BytesIO()
             torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist}, buf)
@@ -445,7 +445,7 @@ class VAEExperiment:
             return None
         h = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:10]
         steps = self.steps or self.cfg.epochs * math.ceil(len(data) / self.cfg.batch_size)
-        from .parallel import thread_tag
+        from ..core.parallel import thread_tag
 
         return self.gen0_cache / (f"gen0-{self.cfg.key()}-{code_key()}-steps{steps}-data{h}-seed{ctx.seed}"
                                   f"-{thread_tag()}.pt")
@@ -467,6 +467,6 @@ def code_key() -> str:
     """A hash of this module's source: cached models and checkpoints written by other code are not reused."""
     import sys
 
-    from .engine import source_hash
+    from ..core.engine import source_hash
 
     return source_hash(sys.modules[__name__], length=10)

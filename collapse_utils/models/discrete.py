@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import Experiment, GenerationContext
+from ..core.engine import Experiment, GenerationContext
 
 __all__ = ["zipf_probs", "CategoricalExperiment", "wilson_interval", "sample_categorical", "absorption_table",
            "survival_curves"]
@@ -52,7 +52,7 @@ class CategoricalExperiment(Experiment):
         self.absorbed_state: np.ndarray | None = None
 
     def real(self, n_seeds: int, m: int, seed: int) -> np.ndarray:
-        from .seeding import make_rng
+        from ..core.seeding import make_rng
 
         return sample_categorical(np.tile(self.p0, (n_seeds, 1)), m, make_rng(seed, 0, "data"))
 

@@ -4,7 +4,7 @@ that tell it apart, and filters that decide what the next generation is trained 
 **The crawl.**  Every generation ``g`` is trained on a *crawl* of ``crawl_blocks`` blocks: fresh human
 blocks (WikiText-2 training blocks no earlier generation has seen) plus a share ``s_g`` of blocks written by
 the previous generation's model -- beam-search continuations of other fresh human blocks, exactly as in
-chapter 04, and watermarked (:mod:`collapse_utils.watermark`).  The share rises linearly from 0 at
+chapter 04, and watermarked (:mod:`collapse_utils.models.watermark`).  The share rises linearly from 0 at
 generation 0 to ``final_share`` at the last generation (:func:`synthetic_shares`).  Which blocks are human,
 which are prompts, and which form the calibration set is fixed per seed in advance (:func:`crawl_plan`).
 
@@ -26,7 +26,7 @@ plan; generation 0 (human data only) is shared by every arm:
                 Gambetta et al.), as many as the oracle keeps;
 ``oracle``      keep exactly the human blocks (provenance known perfectly).
 
-Everything that costs compute is cached by content (fitted models by :class:`~collapse_utils.lm.LMCollapse`,
+Everything that costs compute is cached by content (fitted models by :class:`~collapse_utils.models.lm.LMCollapse`,
 beam-search outputs and the calibration beside the model that made them), so arms and reruns share it.
 """
 from __future__ import annotations
@@ -43,13 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import GenerationContext, source_hash
+from ..core.engine import GenerationContext, source_hash
 from .lm import Base, FittedLM, LMCollapse
 from .lm import _sha as _hash
 from .lm_data import LMData, diversity
 from .lm_train import (generate_continuations, get_accelerator, load_model, perplexity_stats, sequence_nll,
                        token_nll)
-from .seeding import make_rng
+from ..core.seeding import make_rng
 from .watermark import GreenList, WatermarkLogitsProcessor, green_share_unique, z_scores
 
 __all__ = ["ARMS", "CrawlPlan", "CrawlSettings", "ProvenanceCollapse", "apply_filter", "auc", "continuation_nll",
@@ -422,8 +422,8 @@ class ProvenanceCollapse(LMCollapse):
 
     def generate(self, model: FittedLM | str, prompts: torch.Tensor, watermark: bool, desc: str = "beam search"):
         """Beam-search continuations of ``prompts`` (watermarked or not), cached beside the model."""
-        from .parallel import thread_tag
-        from .storage import cached_tensor
+        from ..core.parallel import thread_tag
+        from ..core.storage import cached_tensor
 
         path = model.path if isinstance(model, FittedLM) else str(model)
         s = self.settings
@@ -444,8 +444,8 @@ class ProvenanceCollapse(LMCollapse):
     # -- calibration (generation 0, shared by every arm of a seed) ----------------------------------
     def calibration(self, model0: FittedLM, seed: int) -> dict:
         """The generation-0 model's calibration set, its scores and the fitted detectors (cached)."""
-        from .parallel import thread_tag
-        from .storage import atomic_write_bytes, read_cache
+        from ..core.parallel import thread_tag
+        from ..core.storage import atomic_write_bytes, read_cache
 
         if self._calib is not None and self._calib["model"] == model0.path:
             return self._calib

@@ -72,7 +72,7 @@ def run_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int = 1, th
     """
     from tqdm.auto import tqdm
 
-    from .engine import progress_disabled
+    from .progress import progress_disabled
 
     jobs = list(jobs)
     workers = max(1, min(int(workers), len(jobs)))

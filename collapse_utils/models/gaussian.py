@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
-from .engine import Experiment, GenerationContext
+from ..core.engine import Experiment, GenerationContext
 
 __all__ = [
     "SufficientStats", "GaussianExperiment", "ESTIMATORS", "gaussian_theory", "size_schedule",
@@ -112,7 +112,7 @@ class GaussianExperiment(Experiment):
 
 
 def real_data(n_seeds: int, m: int, seed: int, mu: float = 0.0, sigma: float = 1.0) -> np.ndarray:
-    from .seeding import make_rng
+    from ..core.seeding import make_rng
 
     return mu + sigma * make_rng(seed, 0, "data").standard_normal((n_seeds, m))
 

@@ -16,7 +16,7 @@ Lookup order for a dataset's file (DESIGN.md):
 Every file is checked against its sha256 before use; a missing or corrupt file raises
 :class:`DataError` naming the file, the expected checksum and how to provide it.
 
-``python -m collapse_utils.data fetch [NAME ...]`` downloads datasets into the cache ahead of a run
+``python -m collapse_utils.core.data fetch [NAME ...]`` downloads datasets into the cache ahead of a run
 (``list`` shows the registry and where each file was found).
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def registry_path() -> Path:
     In the repository the first is a link to the second; in an installed wheel it is a copy.  Where a
     checkout has no symbolic links (the link is then a one-line text file) the second is read.
     """
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]
     for cand in (pkg / "registry.yaml", pkg.parent / "data" / "registry.yaml"):
         if cand.is_file() and "datasets:" in cand.read_text(encoding="utf-8", errors="replace"):
             return cand
@@ -343,7 +343,7 @@ def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, d
     elif download and downloads_disabled():
         tail = "; downloading is switched off (COLLAPSE_OFFLINE is set)."
     else:
-        tail = (f"; or download it into the cache with `python -m collapse_utils.data fetch {name}` (or "
+        tail = (f"; or download it into the cache with `python -m collapse_utils.core.data fetch {name}` (or "
                 f"download=True) where a network exists (sources: {', '.join(ds.mirrors)}).")
     raise DataError(
         f"{bad_env}{fname} of dataset {name!r} not found (looked in: {where}); expected sha256 {ds.files[fname]}. "
@@ -373,7 +373,7 @@ def fetch(names: list[str] | None = None) -> dict[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m collapse_utils.data",
+    ap = argparse.ArgumentParser(prog="python -m collapse_utils.core.data",
                                  description="The dataset registry: list it, or download datasets into the cache.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download (and verify) the named datasets, default all, into the cache")

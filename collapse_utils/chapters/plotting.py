@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["set_style", "band", "band_tidy", "palette", "finish", "REGIME_COLORS", "regime_color", "regime_colors"]
+__all__ = ["set_style", "table", "band", "band_tidy", "palette", "finish", "REGIME_COLORS", "regime_color", "regime_colors"]
 
 PALETTE = "colorblind"
 #: one colour per data regime across the whole book (indices into the colour-blind palette):
@@ -37,7 +37,7 @@ def palette(n: int) -> list:
 def regime_color(regime) -> tuple:
     """The book's colour of a data regime (``"replace"``, ``"keep_real(0.1)"``, a :class:`Regime`, or a
     condition such as ``"replace/fixed"``): the same colour for the same regime in every chapter."""
-    from .regimes import parse_regime
+    from ..core.regimes import parse_regime
 
     name = parse_regime(str(regime).split("/")[0].strip()).name
     return tuple(sns.color_palette(PALETTE, 10)[REGIME_COLORS[name]])
@@ -105,3 +105,10 @@ def finish(ax, xlabel: str, ylabel: str, title: str | None = None, legend: bool 
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(**legend_kw)
     return ax
+
+
+def table(df, precision: int | None = None):
+    """A table for the page: no meaningless 0, 1, 2 index column (the book's and Jupyter's renderers alike)."""
+    styler = df.style.hide(axis="index")
+    return styler.format(precision=precision) if precision is not None else styler
+

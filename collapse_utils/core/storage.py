@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["atomic_write_bytes", "cached_tensor", "read_cache", "discard", "ensure_writable", "StorageError"]
+__all__ = ["fingerprint", "atomic_write_bytes", "cached_tensor", "read_cache", "discard", "ensure_writable", "StorageError"]
 
 T = TypeVar("T")
 
@@ -115,3 +115,36 @@ def ensure_writable(folder: str | os.PathLike, what: str = "results folder", fix
         raise StorageError(f"the {what} {folder} cannot be written ({exc.strerror or exc}); "
                            f"{fix or 'make it writable or choose another folder'}") from None
     return folder
+
+
+def fingerprint(*parts, length: int = 16) -> str:
+    """The one fingerprint of the book's disk stores: a SHA-256 over ``parts``, cut to ``length`` hex digits.
+
+    A module counts by its source text (results stored under it are not reused by other code), a
+    tensor or array by its shape, dtype and bytes, anything else by its JSON (sorted keys, ``str``
+    for what JSON cannot hold).  Cache keys and checkpoint tags are all made here.
+    """
+    import hashlib
+    import inspect
+    import json
+    import types
+
+    h = hashlib.sha256()
+    for x in parts:
+        if isinstance(x, types.ModuleType):
+            try:
+                h.update(inspect.getsource(x).encode())
+            except (OSError, TypeError):
+                h.update(x.__name__.encode())
+        elif hasattr(x, "detach") and hasattr(x, "shape"):  # a torch tensor
+            t = x.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+        elif hasattr(x, "tobytes") and hasattr(x, "shape"):  # a numpy array
+            h.update(f"{tuple(x.shape)}{x.dtype}".encode())
+            h.update(x.tobytes())
+        else:
+            h.update(json.dumps(x, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:length]
+

@@ -10,8 +10,8 @@ This module holds the algorithm only: the data and the base model (:func:`prepar
 beam search, evaluate = real-test perplexity, the per-sequence perplexity of the training data under
 the generation-0 model, diversity, one fixed prompt's continuation).  The chapter's run plan
 (settings (a), (b) and the repetition-penalty ablation), tables, figures and claims live in
-:mod:`collapse_utils.chapters.language_models`.  Modules: :mod:`collapse_utils.lm_data` (text,
-tokenizer, blocks), :mod:`collapse_utils.lm_train` (models, Accelerate training, generation).
+:mod:`collapse_utils.chapters.language_models`.  Modules: :mod:`collapse_utils.models.lm_data` (text,
+tokenizer, blocks), :mod:`collapse_utils.models.lm_train` (models, Accelerate training, generation).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import Experiment, GenerationContext, source_hash
-from .regimes import Regime, parse_regime
+from ..core.engine import Experiment, GenerationContext, source_hash
+from ..core.regimes import Regime, parse_regime
 from .lm_data import LMData, diversity, load_tokenizer, prepare_lm_data
 from .lm_train import (
     FitInfo,
@@ -59,7 +59,7 @@ PROMPT_SOURCES = ("original", "chained")
 # data and base model
 # --------------------------------------------------------------------------------------------
 def prepare_data(p: dict, data_path=None, cache=None) -> LMData:
-    """Tokenised, blocked WikiText-2 for a run (see :func:`collapse_utils.lm_data.prepare_lm_data`)."""
+    """Tokenised, blocked WikiText-2 for a run (see :func:`collapse_utils.models.lm_data.prepare_lm_data`)."""
     local = p["model_name"] == LOCAL_MODEL
     return prepare_lm_data(
         data_config=p["data_config"], tokenizer="local-bpe" if local else p["model_name"],
@@ -108,15 +108,15 @@ def prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress:
     saved with ``save_pretrained``, pretrained on the held-out training blocks and saved again --
     cached in ``cache_root`` under a fingerprint of everything that shapes it (the per-run thread
     count included: the base is computed with ``threads_per_run`` threads like every run)."""
-    from .parallel import run_threads
+    from ..core.parallel import run_threads
 
     with run_threads(p["threads_per_run"]):
         return _prepare_base(p, data, cache_root, progress)
 
 
 def _prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress: bool) -> Base:
-    from .parallel import thread_tag
-    from .storage import atomic_write_bytes, read_cache
+    from ..core.parallel import thread_tag
+    from ..core.storage import atomic_write_bytes, read_cache
 
     if p["model_name"] != LOCAL_MODEL:
         model = load_model(p["model_name"])
@@ -138,7 +138,7 @@ def _prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress
     tok = load_tokenizer(data.tokenizer_path)
     cfg = tiny_opt_config(len(tok), p["hidden_size"], p["num_layers"], p["num_heads"],
                           max_positions=2 * p["block_size"])
-    from .seeding import derive_seed
+    from ..core.seeding import derive_seed
 
     init = new_local_model(cfg, derive_seed(0, 0, "fit"), folder / "init", tok)
     info = finetune(init, data.base, data.valid, folder / "model", epochs=p["base_epochs"], lr=p["base_lr"],
@@ -218,8 +218,8 @@ class LMCollapse(Experiment):
 
     # -- protocol -------------------------------------------------------------------------------
     def fit(self, data: torch.Tensor, ctx: GenerationContext) -> FittedLM:
-        from .parallel import thread_tag
-        from .storage import atomic_write_bytes, read_cache
+        from ..core.parallel import thread_tag
+        from ..core.storage import atomic_write_bytes, read_cache
 
         seed = ctx.int_seed("fit")
         fp = _sha({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr, "bs": self.batch_size,
@@ -260,7 +260,7 @@ class LMCollapse(Experiment):
         continues each, so that a model without error would reproduce the original data.  When the next
         training set keeps a share of the original blocks (``keep_real``), the model continues exactly the
         other ones -- the regime's draw of kept blocks is known in advance
-        (:meth:`~collapse_utils.regimes.Regime.kept_real_indices` with the generator it will use).
+        (:meth:`~collapse_utils.core.regimes.Regime.kept_real_indices` with the generator it will use).
         ``prompts='chained'`` (a comparison): the model continues the blocks it was itself trained on --
         the previous generation's continuations -- all of them or a random ``n`` (in their order).
         """
@@ -283,8 +283,8 @@ class LMCollapse(Experiment):
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
         prompts = self.prompts_for(n, ctx)
         # beam search is deterministic: its output is stored beside the model and reused by a rerun
-        from .parallel import thread_tag
-        from .storage import cached_tensor
+        from ..core.parallel import thread_tag
+        from ..core.storage import cached_tensor
 
         key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
                     "code": _train_code_key(), "threads": thread_tag()}, prompts)

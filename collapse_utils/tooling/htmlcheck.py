@@ -1,7 +1,7 @@
 """Open every page of a built book in headless Chromium and report what a reader would find broken.
 
-    python -m collapse_utils.htmlcheck _build/html            # exit 1, one line per problem
-    python -m collapse_utils.htmlcheck _build/html --static   # no browser: the checks Python can do alone
+    python -m collapse_utils.tooling.htmlcheck _build/html            # exit 1, one line per problem
+    python -m collapse_utils.tooling.htmlcheck _build/html --static   # no browser: the checks Python can do alone
 
 Chromium is driven over its DevTools protocol through a pipe (``--remote-debugging-pipe``: JSON messages
 separated by NUL bytes on file descriptors 3 and 4), so nothing beyond the standard library is needed.
@@ -493,7 +493,7 @@ def check(root: Path, static: bool = False, chromium: str | None = None, progres
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m collapse_utils.htmlcheck", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m collapse_utils.tooling.htmlcheck", description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path, help="the built HTML folder, e.g. _build/html")
     ap.add_argument("--static", action="store_true", help="no browser: parse the HTML files only")
     ap.add_argument("--chromium", help="the Chromium executable (default: $CHROMIUM, else chromium on PATH)")

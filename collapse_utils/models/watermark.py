@@ -131,7 +131,7 @@ class WatermarkLogitsProcessor(_logits_processor_base()):
     raises green continuations before the beams are ranked, as in Kirchenbauer et al.'s beam-search runs.
     """
 
-    rowwise = True  # row i of the output depends on row i of the input alone (collapse_utils.lm_beam)
+    rowwise = True  # row i of the output depends on row i of the input alone (collapse_utils.models.lm_beam)
 
     def __init__(self, green: GreenList, delta: float = 2.0):
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .config import COMMON_PARAMS, PRESETS, ParamError, available_chapters, get_chapter, load_preset
-from .results import repo_root
+from ..core.results import repo_root
 
 __all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults", "write_scorecard"]
 
@@ -85,7 +85,14 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
     if preset not in PRESETS:
         raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     nb = _read_md(chapter)
-    defaults = notebook_defaults(nb)
+    if chapter.params_class is not None:  # typed: the declaration holds the defaults (the cpu preset)
+        defaults = {"preset": "cpu", "run_name": "", **load_preset("cpu", chapter.id)}
+        cell = notebook_defaults(nb)
+        if set(cell) != set(defaults):
+            raise ParamError(f"the parameters cell of {chapter.slug} names {sorted(set(cell) ^ set(defaults))} "
+                             "differently from the chapter's Params declaration")
+    else:
+        defaults = notebook_defaults(nb)
     valid = sorted(defaults)
     params = dict(defaults)
     preset_values = load_preset(preset, chapter.id)
@@ -121,7 +128,7 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
     import jupytext
     import papermill as pm
 
-    from .storage import StorageError, discard, ensure_writable
+    from ..core.storage import StorageError, discard, ensure_writable
 
     root = repo_root(Path(__file__).parent)
     out_dir = Path(output_dir) if output_dir else root / "book" / "_generated"
@@ -193,7 +200,7 @@ def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None
     previous run's timings (``book/_generated/timings.json``), and a closing table of times."""
     import json
 
-    from .storage import atomic_write_bytes
+    from ..core.storage import atomic_write_bytes
 
     generated.mkdir(parents=True, exist_ok=True)
     timings_file = generated / "timings.json"
@@ -224,8 +231,8 @@ def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None
 
 def write_scorecard(generated: str | Path) -> Path:
     """``scorecard.md`` beside the executed chapters, from the claims each of them wrote."""
-    from .claims import read_claims, scorecard_markdown
-    from .storage import atomic_write_bytes
+    from ..chapters.claims import read_claims, scorecard_markdown
+    from ..core.storage import atomic_write_bytes
 
     path = Path(generated) / "scorecard.md"
     atomic_write_bytes(path, scorecard_markdown(read_claims(generated)).encode())

@@ -1,7 +1,7 @@
 """Chapters, presets and parameters.
 
 Every chapter notebook starts with a cell tagged ``parameters`` whose values are
-the ``cpu`` preset.  The presets live in ``collapse_utils/presets/<name>.yaml``,
+the ``cpu`` preset.  The presets live in ``collapse_utils/chapters/presets/<name>.yaml``,
 keyed by chapter id, and must name exactly the notebook's parameters (a test
 checks this).  ``run_info`` prints which preset and values produced a page.
 """
@@ -19,22 +19,14 @@ from pathlib import Path
 
 import yaml
 
+from ..core.params import COMMON_PARAMS, PRESETS, WALL_TIME_PARAMS, Checker, ChapterParams, ParamError, resolve
+
 __all__ = [
     "PRESETS", "CHAPTERS", "ParamError", "Chapter", "get_chapter", "load_preset", "preset_names",
     "collect_params", "run_info", "auto_run_name", "Checker", "start_chapter", "ChapterRun",
 ]
 
-PRESETS = ("smoke", "cpu", "paper")
-PRESET_DIR = Path(__file__).with_name("presets")
-#: parameters every chapter has besides its own
-COMMON_PARAMS = ("preset", "run_name")
-#: parameters that change only the wall time, never a number (the reproducibility contract):
-#: runs that differ only in these share a results folder and resume each other's checkpoints
-WALL_TIME_PARAMS = ("parallel_runs",)
-
-
-class ParamError(ValueError):
-    """Invalid chapter parameters (raised before any compute)."""
+PRESET_DIR = Path(__file__).parents[1] / "chapters" / "presets"
 
 
 @dataclass(frozen=True)
@@ -46,21 +38,29 @@ class Chapter:
 
     @property
     def notebook_md(self) -> Path:
-        from .results import repo_root
+        from ..core.results import repo_root
 
         return repo_root(Path(__file__).parent) / "notebooks" / f"{self.slug}.md"
 
+    @property
+    def params_class(self) -> type[ChapterParams] | None:
+        """The chapter's typed parameter declaration (``Params`` in its study module)."""
+        return getattr(importlib.import_module(self.module), "Params", None)
+
     def validate(self, params: dict) -> None:
-        mod = importlib.import_module(self.module)
-        mod.validate_params(params)
+        cls = self.params_class
+        if cls is not None:
+            cls.check(params)
+        else:
+            importlib.import_module(self.module).validate_params(params)
 
     def preflight(self, params: dict) -> None:
         """Everything that can fail before compute, after the values themselves: the data the
         chapter reads (present and verified), models named on a hub, a writable results folder.
         Raises ParamError with one clear message."""
-        from .data import DataError
-        from .results import results_root
-        from .storage import StorageError, ensure_writable
+        from ..core.data import DataError
+        from ..core.results import results_root
+        from ..core.storage import StorageError, ensure_writable
 
         mod = importlib.import_module(self.module)
         try:
@@ -116,11 +116,15 @@ def _preset_file(chapter_id: str) -> dict:
 def load_preset(name: str, chapter: str) -> dict:
     """The parameter values of one chapter under one preset (a fresh dict).
 
-    Presets live in ``collapse_utils/presets/<chapter id>.yaml`` with one section per preset.
+    Presets live in ``collapse_utils/chapters/presets/<chapter id>.yaml`` with one section per preset.
     """
     if name not in PRESETS:
         raise ParamError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     ch = CHAPTERS[str(chapter).zfill(2)] if str(chapter).zfill(2) in CHAPTERS else get_chapter(chapter)
+    cls = ch.params_class
+    if cls is not None:  # the declaration's defaults (the cpu preset) <- the preset's overrides
+        values, _ = resolve(cls, name, _preset_file(ch.id).get(name) or {}, {})
+        return {k: v for k, v in values.items() if k not in COMMON_PARAMS}
     values = _preset_file(ch.id).get(name)
     if values is None:
         raise ParamError(f"preset file for chapter {ch.id} has no {name!r} section")
@@ -165,6 +169,15 @@ def resolve_notebook_params(namespace: dict, chapter: str) -> tuple[dict, dict]:
     later cells see them.
     """
     ch = CHAPTERS[str(chapter).zfill(2)]
+    cls = ch.params_class
+    if cls is not None:  # typed: a value is given when it is not None in the parameters cell
+        preset = namespace.get("preset", "cpu")
+        if preset not in PRESETS:
+            raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        given = {k: namespace.get(k) for k in [*COMMON_PARAMS, *cls.specs()]}
+        params, sources = resolve(cls, preset, _preset_file(ch.id).get(preset) or {}, given)
+        namespace.update({k: params[k] for k in cls.specs()})
+        return params, sources
     params = collect_params(namespace, ch.id)
     preset = params.get("preset")
     if preset not in PRESETS:
@@ -227,7 +240,7 @@ def run_info(params: dict, chapter: str, sources: dict | None = None) -> str:
     for mod in ("numpy", "torch", "sklearn", "transformers"):
         if mod in sys.modules or mod == "numpy":  # report what the chapter uses; importing costs seconds
             versions.append(f"{mod} {importlib.import_module(mod).__version__}")
-    from . import __version__
+    from .._version import __version__
 
     return "\n".join([
         f"**This page was produced with the `{preset}` preset** "
@@ -245,7 +258,7 @@ class ChapterRun:
     """What a chapter notebook needs after its parameters cell: validated params and a results folder."""
 
     chapter: Chapter
-    params: dict
+    params: ChapterParams | dict
     run_name: str
     #: where each value came from ("given" or "preset <name>"), for the page's "Reproduce this page"
     sources: dict = field(default_factory=dict)
@@ -254,13 +267,13 @@ class ChapterRun:
 
     @property
     def dir(self) -> Path:
-        from .results import run_dir
+        from ..core.results import run_dir
 
         return run_dir(self.chapter.slug, self.run_name)
 
     def save(self, metrics, tables=None, claims=None) -> Path:
         """Write results/<chapter>/<run-name>/metrics.csv (+ params.json, extra tables, claims.csv)."""
-        from .results import save_results
+        from ..core.results import save_results
 
         d = save_results(self.chapter.slug, self.run_name, metrics, self.params, tables)
         if claims is not None:
@@ -273,8 +286,8 @@ class ChapterRun:
         the claims as a table."""
         import os
 
-        from .claims import claims_frame, glue_claims
-        from .results import save_table
+        from ..chapters.claims import claims_frame, glue_claims
+        from ..core.results import save_table
 
         if not claims:
             raise ValueError(f"chapter {self.chapter.id} declared no claims")
@@ -296,6 +309,8 @@ def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRu
     ch = CHAPTERS[str(chapter).zfill(2)]
     params, sources = resolve_notebook_params(namespace, ch.id)
     ch.validate(params)
+    if ch.params_class is not None:
+        params = ch.params_class.from_values(params)  # attribute access: p.seeds
     ch.preflight(params)
     if show:
         try:
@@ -304,97 +319,7 @@ def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRu
             display(Markdown(run_info(params, ch.id, sources)))
         except ImportError:  # pragma: no cover
             print(run_info(params, ch.id, sources))
-    from .plotting import set_style
+    from ..chapters.plotting import set_style
 
     set_style()
     return ChapterRun(ch, params, auto_run_name(params, ch.id), sources=dict(sources))
-
-
-class Checker:
-    """Collects every problem with a parameter set, then raises one ParamError listing them all."""
-
-    def __init__(self, params: dict, chapter: str):
-        self.p = params
-        self.chapter = chapter
-        self.problems: list[str] = []
-
-    def _get(self, name):
-        if name not in self.p:
-            self.problems.append(f"missing parameter {name!r}")
-            return None
-        return self.p[name]
-
-    def int(self, name: str, lo: int | None = None, hi: int | None = None):
-        v = self._get(name)
-        if v is None:
-            return self
-        if isinstance(v, bool) or not isinstance(v, int):
-            self.problems.append(f"{name} must be an integer, got {v!r}")
-        elif (lo is not None and v < lo) or (hi is not None and v > hi):
-            self.problems.append(f"{name} must lie in [{lo if lo is not None else '-inf'}, "
-                                 f"{hi if hi is not None else 'inf'}], got {v}")
-        return self
-
-    def float(self, name: str, lo: float | None = None, hi: float | None = None, open_lo=False, open_hi=False):
-        v = self._get(name)
-        if v is None:
-            return self
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            self.problems.append(f"{name} must be a number, got {v!r}")
-            return self
-        bad = (lo is not None and (v <= lo if open_lo else v < lo)) or (
-            hi is not None and (v >= hi if open_hi else v > hi))
-        if bad:
-            self.problems.append(f"{name} must lie in {'(' if open_lo else '['}{lo}, {hi}"
-                                 f"{')' if open_hi else ']'}, got {v}")
-        return self
-
-    def choice(self, name: str, choices):
-        v = self._get(name)
-        if v is not None and v not in choices:
-            self.problems.append(f"{name} must be one of {list(choices)}, got {v!r}")
-        return self
-
-    def ints(self, name: str, lo: int | None = None, nonempty: bool = True):
-        v = self._get(name)
-        if v is None:
-            return self
-        if not isinstance(v, (list, tuple)) or (nonempty and not v) or not all(
-                isinstance(x, int) and not isinstance(x, bool) for x in v):
-            self.problems.append(f"{name} must be a non-empty list of integers, got {v!r}")
-        elif lo is not None and min(v) < lo:
-            self.problems.append(f"every entry of {name} must be >= {lo}, got {v!r}")
-        return self
-
-    def regimes(self, name: str):
-        from .regimes import parse_regime
-
-        v = self._get(name)
-        if v is None:
-            return self
-        if not isinstance(v, (list, tuple)) or not v:
-            self.problems.append(f"{name} must be a non-empty list of regimes, got {v!r}")
-            return self
-        for r in v:
-            try:
-                parse_regime(r)
-            except (ValueError, TypeError) as e:
-                self.problems.append(f"{name}: {e}")
-        return self
-
-    def check(self, cond: bool, message: str):
-        if not cond:
-            self.problems.append(message)
-        return self
-
-    def done(self) -> None:
-        from .results import _NAME_RE
-
-        rn = self.p.get("run_name")
-        if rn and not _NAME_RE.match(str(rn)):
-            self.problems.append(f"run_name {rn!r} may contain only letters, digits and _ . = + -")
-        pr = self.p.get("preset")
-        if pr is not None and pr not in PRESETS:
-            self.problems.append(f"preset must be one of {list(PRESETS)}, got {pr!r}")
-        if self.problems:
-            raise ParamError(f"invalid parameters for chapter {self.chapter}:\n  - " + "\n  - ".join(self.problems))
