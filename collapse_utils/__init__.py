@@ -15,6 +15,7 @@ from .tooling.config import (  # noqa: E402
     ChapterRun, auto_run_name, collect_params, load_preset, run_info, start_chapter,
 )
 from .tooling.show import show  # noqa: E402
+from .chapters import claims  # noqa: E402,F401  (cu.claims.claims_markdown on the pages)
 from .core.engine import Experiment, GenerationContext, Loop, RecursionResult, run_recursion  # noqa: E402
 from .chapters.plotting import band, band_tidy, finish, set_style  # noqa: E402
 from .core.regimes import Regime, parse_regime  # noqa: E402

@@ -5,8 +5,10 @@ Every chapter's study module has a ``claims(...) -> list[Claim]`` function.  A c
 what this run measured, where the evidence is (a figure or table label), and a verdict:
 
 ``reproduced``                  the run shows what the paper states, by the claim's own criterion;
-``not visible at this preset``  the run is too small to tell (too few generations, seeds, samples);
-``contradicted``                the run is large enough to tell, and it shows something else.
+``not visible at this preset``  the run is too small to tell (too few generations, seeds, samples):
+                                the claim's ``gate`` says what size it needs, and the page prints it;
+``contradicted``                the run is large enough to tell, and it shows something else;
+``not run at this preset``      the experiment behind the claim is not part of this preset.
 
 Pages never state a run-dependent result in typed prose: numbers are glued from the run
 (:func:`glue`, ``{glue:text}`key:.2f```) and sentences whose truth depends on the run are written
@@ -21,11 +23,12 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["VERDICTS", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
+__all__ = ["VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
            "read_claims", "scorecard_markdown"]
 
-REPRODUCED, NOT_VISIBLE, CONTRADICTED = VERDICTS = ("reproduced", "not visible at this preset", "contradicted")
-COLUMNS = ["chapter", "id", "statement", "paper", "measured", "evidence", "verdict"]
+REPRODUCED, NOT_VISIBLE, CONTRADICTED, NOT_RUN = VERDICTS = (
+    "reproduced", "not visible at this preset", "contradicted", "not run at this preset")
+COLUMNS = ["chapter", "id", "statement", "paper", "measured", "evidence", "verdict", "gate"]
 
 
 @dataclass
@@ -40,12 +43,22 @@ class Claim:
     verdict: str            # one of VERDICTS
     chapter: str = ""
     extra: dict = field(default_factory=dict, repr=False)  # numbers a page may glue
+    #: what the run must have for the claim to be testable (e.g. "at least 8 seeds and 50 generations");
+    #: printed beside a "not visible at this preset" verdict, so the page says why it cannot tell
+    gate: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
         if not self.id or any(c.isspace() for c in self.id):
             raise ValueError(f"claim id must be a non-empty word, got {self.id!r}")
+
+
+def verdict_text(verdict: str, gate: str = "") -> str:
+    """A verdict as a page prints it: "not visible at this preset" carries its gate."""
+    if verdict == NOT_VISIBLE and gate:
+        return f"{verdict} (needs {gate})"
+    return verdict
 
 
 def judge(holds: bool, visible: bool = True) -> str:
@@ -104,8 +117,9 @@ def claims_markdown(claims: list[Claim] | pd.DataFrame, link: bool = True) -> st
     for _, r in df.iterrows():
         ev = r["evidence"]
         ev = f"{{numref}}`{ev}`" if link and str(ev).startswith("fig-") else f"`{ev}`" if ev else ""
+        verdict = verdict_text(r["verdict"], r.get("gate", "") or "")
         lines.append(f"| {_esc(r['statement'])} | {_esc(r['paper'])} | {_esc(r['measured'])} | "
-                     f"**{r['verdict']}** | {ev} |")
+                     f"**{_esc(verdict)}** | {ev} |")
     return "\n".join(lines)
 
 
@@ -134,7 +148,7 @@ def glue_claims(prefix: str, claims: list[Claim]) -> None:
     and every number in its ``extra`` (``<prefix>_<id>_<key>``)."""
     for c in claims:
         key = f"{prefix}_{c.id.replace('-', '_')}"
-        glue(f"{key}_verdict", c.verdict)
+        glue(f"{key}_verdict", verdict_text(c.verdict, c.gate))
         glue(f"{key}_measured", c.measured)
         for k, v in c.extra.items():
             glue(f"{key}_{k}", v)
@@ -156,7 +170,7 @@ def scorecard_markdown(df: pd.DataFrame) -> str:
         "",
         "Every chapter tests statements of Shumailov et al. {cite}`shumailov2024` on its own run and writes a "
         "verdict computed from that run: **reproduced**, **not visible at this preset** (the run is too small to "
-        "tell), or **contradicted**. This page gathers them at build time; nothing on it is typed by hand.",
+        "tell; the verdict names the size it needs), **contradicted**, or **not run at this preset**. This page gathers them at build time; nothing on it is typed by hand.",
         "",
         "Verdicts in this build: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS) + ".",
         "",
