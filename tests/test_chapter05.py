@@ -24,8 +24,7 @@ def _params(preset="smoke", **over):
 
 @pytest.fixture(scope="module")
 def smoke():
-    p = _params()
-    ch.validate_params(p)
+    p = ch.Params.from_values(_params())
     return ch.run(p, progress=False)
 
 
@@ -47,7 +46,7 @@ def _doctor(result, field, fn, **where):
 # -- parameters -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", config.PRESETS)
 def test_presets_are_valid(preset):
-    ch.validate_params(_params(preset))
+    ch.Params.check(_params(preset))
 
 
 def test_every_problem_is_listed_in_one_error():
@@ -55,12 +54,23 @@ def test_every_problem_is_listed_in_one_error():
                   sampling_biases=["temperature(2)"], real_sources=["fixed", "borrowed"], tail_cutoffs=[30000],
                   verifier_sizes=[100, 100], mix_eval_samples=3, knn_k=5, reg_seeds=0)
     with pytest.raises(config.ParamError) as e:
-        ch.validate_params(bad)
+        ch.Params.check(bad)
     msg = str(e.value)
     for needle in ("reg_samples=11 must exceed", "real_shares must include 0", "generator_errors", "temperature",
                    "real_sources", "tail_cutoffs", "verifier_sizes must not repeat", "mix_eval_samples=3",
                    "reg_seeds must lie"):
         assert needle in msg, needle
+
+
+def test_presets_list_only_what_differs_from_the_declaration():
+    import yaml
+
+    raw = yaml.safe_load(open("collapse_utils/chapters/presets/05.yaml"))
+    assert set(raw) == {"smoke", "paper"}
+    defaults = ch.Params.defaults()
+    for section in raw.values():
+        assert all(defaults[k] != v for k, v in section.items())
+    assert config.load_preset("cpu", "05") == defaults
 
 
 def test_bad_input_is_refused_before_compute(monkeypatch, capsys):
@@ -183,3 +193,121 @@ def test_cpu_mixture_map_finds_a_stable_share():
     tab = ch.stability_table(mix, p)
     assert tab[(tab.real_share == 0) & (tab.bias == "none")].state.iloc[0] == "collapsing"
     assert (tab[(tab.real_share > 0) & (tab.bias == "none")].state == "stable").all()
+
+
+# -- the loop on the page: swap a piece, the chapter runs with it ---------------------------------
+TINY = dict(reg_seeds=30, reg_generations=8, gauss_seeds=10, gauss_generations=5, mix_seeds=2, mix_generations=4,
+            mix_samples=100, real_shares=[0.0, 0.5], sampling_biases=[], mix_eval_samples=0, verifier_seeds=4,
+            verifier_grid=5, verifier_sizes=[50], selection_seeds=10, selection_generations=4, tail_seeds=4,
+            tail_items=2000, tail_max_size=2000, tail_points=5, tail_clean_shares=[0.1])
+
+
+def test_the_default_loop_is_what_run_uses():
+    p = ch.Params.from_values(_params(**TINY))
+    loop = ch.default_loop(p)
+    assert isinstance(loop.experiment, ch.RG.RegressionExperiment) and str(loop.regime) == "replace"
+    assert loop.generations == p.reg_generations
+    a, _ = ch.run_regression(p, None, progress=False)
+    b, _ = ch.run_regression(p, loop, progress=False)
+    assert a.equals(b) and list(dict.fromkeys(a.regime)) == list(ch.REG_REGIMES)
+
+
+def test_a_loop_with_another_regime_runs_the_chapter_with_it():
+    """The page's loop with keep_real(0.5) instead of replace: the chapter runs, the regression study
+    gains that regime beside the three it compares (their numbers unchanged), and half the rows real
+    each generation hold the error far below replace's linear growth."""
+    import pandas as pd
+
+    from collapse_utils import Loop
+
+    p = ch.Params.from_values(_params(**TINY))
+    real, w_star = ch.regression_problem(p)
+    loop = Loop(experiment=ch.RG.RegressionExperiment(real[..., :-1], w_star, p.reg_noise), regime="keep_real(0.5)",
+                generations=p.reg_generations)
+    result = ch.run(p, loop, progress=False)
+    assert list(dict.fromkeys(result.regression.regime)) == [*ch.REG_REGIMES, "keep_real(0.5)"]
+    base, _ = ch.run_regression(p, progress=False)
+    same = result.regression[result.regression.regime.isin(ch.REG_REGIMES)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, base)
+    tab = ch.regression_table(result)
+    last = tab[tab.generation == p.reg_generations].set_index("regime")
+    assert np.isnan(last.loc["keep_real(0.5)", "theory"])
+    assert last.loc["keep_real(0.5)", "mean"] < 0.5 * last.loc["replace", "mean"]
+    assert {c.id for c in ch.claims(result, p)} >= {"replace-linear", "accumulate-bounded"}
+    import matplotlib.pyplot as plt
+
+    fig = ch.plot_regression(result)
+    assert "keep_real(0.5): mean over seeds" in [t.get_text() for t in fig.legends[0].get_texts()]
+    plt.close(fig)
+
+
+def test_a_loop_must_relabel_the_chapters_designs():
+    from collapse_utils import Loop
+
+    p = ch.Params.from_values(_params(**TINY))
+    real, w_star = ch.regression_problem(p)
+    other = ch.RG.RegressionExperiment(real[..., :-1] * 2.0, w_star, p.reg_noise)
+    with pytest.raises(ValueError, match="regression_problem"):
+        ch.run_regression(p, Loop(other, "replace", 2), progress=False)
+
+
+# -- pages that tell the truth (issue 28) ---------------------------------------------------------
+def test_every_not_visible_verdict_states_its_gate(smoke):
+    for c in ch.claims(smoke, smoke.params):
+        if c.verdict == NOT_VISIBLE:
+            assert c.gate and "this run has" in c.gate, c.id
+        else:
+            assert c.gate == "", c.id
+
+
+def test_the_stable_share_sentence_follows_the_verdict(smoke):
+    """At smoke the map cannot tell: the page names no smallest stable share (its own verdict is "not
+    visible"), neither in the prose nor in the claim's measured text."""
+    v = verdicts(smoke)
+    assert v["real-share-stable"] == NOT_VISIBLE
+    full, short = ch._stable_share_sentences(smoke)
+    claim = next(c for c in ch.claims(smoke, smoke.params) if c.id == "real-share-stable")
+    for text in (full, short, claim.measured):
+        assert "too small" in text or "too few" in text, text
+        assert "smallest stable share of" not in text and "kept the mixture stable is" not in text, text
+
+
+def test_verdicts_are_not_introduced_by_at_this_preset():
+    """ "... is at this preset: not visible at this preset" -- the verdict carries the words itself."""
+    import re
+
+    page = open("notebooks/05_escaping_collapse.md").read()
+    assert not re.search(r"at\s+this\s+preset:?\s*\{glue:md\}`c05_\w+_verdict`", page)
+    assert "c05_smallest_fixed" not in page
+
+
+def test_the_fixed_real_set_discussion_is_computed_from_the_run(smoke):
+    text = ch.fixed_set_markdown(smoke)
+    tab = ch.stability_table(smoke.mixture, smoke.params)
+    G = int(tab.generations.max())
+    assert f"Over its {G} generations and {smoke.mixture.seed.nunique()} seeds" in text
+    fx = tab[(tab.source == "fixed") & (tab.bias == "none") & (tab.real_share > 0)]
+    for share, growth in zip(fx.real_share, fx.growth):
+        assert f"×{growth:.2f} ({ch._pct(share)})" in text
+    # rated stable exactly where the map says so
+    stable = [ch._pct(s) for s, st in zip(fx.real_share, fx.state) if st == "stable"]
+    assert (f"stable at {ch._and(stable)}" in text) if stable else ("no share of a fixed real set stable" in text)
+
+
+def test_the_page_shows_the_method_from_the_package():
+    """At least four cells display package definitions (tagged remove-input: only the source shows), and
+    each shown name is a definition of the package that the chapter's run uses."""
+    import re
+
+    import collapse_utils as cu
+    from collapse_utils.models import mixing, regression, tails, verification
+
+    nb = jupytext.read("notebooks/05_escaping_collapse.md")
+    shown = [c for c in nb.cells if c.cell_type == "code" and "cu.show(" in c.source]
+    assert len(shown) >= 4
+    names = {"cu": cu, "mixing": mixing, "regression": regression, "tails": tails, "verification": verification}
+    for cell in shown:
+        assert "remove-input" in cell.metadata.get("tags", []), cell.source
+        for expr in re.findall(r"[\w.]+", cell.source.split("cu.show(", 1)[1]):
+            obj = eval(expr, names)  # noqa: S307 - names from the page, resolved in the package
+            assert cu.tooling.show.Source(obj).file.startswith("collapse_utils/"), expr

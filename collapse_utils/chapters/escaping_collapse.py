@@ -10,20 +10,24 @@ What prevents collapse?  Four studies, each beside its exact theory where one ex
    (:mod:`collapse_utils.models.verification`);
 4. ``tails``: Zipf memorisation with cut tails (:mod:`collapse_utils.models.tails`).
 
-This module holds the parameters' check, the run plan (:func:`run` -> :class:`Result`), figures,
-tables and :func:`claims`; the algorithms live in the model modules.
+This module holds the typed parameters (:class:`Params`), the main loop (:func:`default_loop`: the
+regression of section 1, which the page assembles in view), the run plan (:func:`run` ->
+:class:`Result`), figures, tables and :func:`claims`; the algorithms live in the model modules.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, direction, finite, judge
-from ..core.params import Checker
-from ..core.engine import record_generations, run_recursion
+from .claims import NOT_VISIBLE, Claim, direction, finite, judge
+from ..core.params import ChapterParams, Checker, param
+from ..core.engine import Loop, record_generations, run_recursion
+from ..core.regimes import parse_regime
 from ..models.gaussian import gaussian_theory, real_data as gaussian_real_data
 from ..models.gmm import real_data as gmm_real_data, truth as gmm_truth
 from ..models import mixing as MX
@@ -31,12 +35,13 @@ from ..models import regression as RG
 from ..models import tails as TL
 from ..models import verification as VF
 
-__all__ = ["REG_REGIMES", "Result", "validate_params", "run", "run_regression", "run_gaussian", "run_mixture",
+__all__ = ["REG_REGIMES", "Params", "Result", "default_loop", "regression_problem", "run", "run_regression", "run_gaussian", "run_mixture",
            "run_verifier", "run_selection", "run_tails", "mixture_settings", "stability_table", "smallest_stable_table", "page_numbers", "glue_numbers",
            "regression_table", "claims", "plot_regression", "plot_gaussian", "plot_real_share", "plot_bias",
            "plot_stability_map", "plot_verifier", "plot_selection", "plot_tails"]
 
 REG_REGIMES = ("replace", "accumulate", "accumulate_subsample")
+EXACT_REGIMES = ("replace", "accumulate")  # the regimes whose expected test error has a closed form
 Z_TOL = 4.0          # Monte-Carlo agreement: |mean - theory| below this many standard errors
 ALPHA = 0.05         # one-sided t-tests over seeds
 MIX_DATA = "two_gaussians"
@@ -46,77 +51,127 @@ MIX_SEPARATION, MIX_STD = 3.0, 0.5   # chapter 02's paper setting
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
-def validate_params(params: dict) -> None:
-    """One clear error listing every problem, before any compute."""
-    c = Checker(params, "05")
-    c.int("seed", 0)
-    c.int("reg_seeds", 2, 1_000_000).int("reg_generations", 1, 100_000).int("reg_samples", 3, 10_000_000)
-    c.int("reg_features", 1, 10_000).float("reg_noise", 0.0, open_lo=True)
-    c.int("gauss_seeds", 2, 1_000_000).int("gauss_samples", 2, 10_000_000).int("gauss_generations", 1, 100_000)
-    c.int("mix_seeds", 2, 100_000).int("mix_generations", 4, 100_000).int("mix_samples", 10, 10_000_000)
-    c.int("mix_eval_samples", 0, 100_000).int("knn_k", 1, 1000).int("record_every", 1)
-    c.float("stable_growth", 1.0, open_lo=True).float("min_recall", 0.0, 1.0)
-    c.int("verifier_seeds", 2, 1_000_000).int("verifier_grid", 3, 1001).int("verifier_features", 1, 10_000)
-    c.float("verifier_signal", 0.0, open_lo=True).ints("verifier_sizes", 1)
-    c.int("selection_seeds", 2, 1_000_000).int("selection_samples", 2, 10_000_000)
-    c.int("selection_generations", 1, 100_000).float("selection_keep", 0.0, 1.0, open_lo=True, open_hi=True)
-    c.int("tail_seeds", 2, 1_000_000).int("tail_items", 10, 100_000_000).float("tail_beta", 1.0, open_lo=True)
-    c.int("tail_max_size", 10, 1_000_000_000).ints("tail_cutoffs", 1).int("tail_points", 3, 1000)
-    p = params
-    _fractions(c, p, "real_shares", lo_open=False, hi_open=True, need_zero=True)
-    _fractions(c, p, "generator_errors", lo_open=True, hi_open=True)
-    ge = p.get("generator_errors")
-    if isinstance(ge, (list, tuple)) and all(isinstance(x, (int, float)) for x in ge):
-        c.check(all(0.05 <= x <= 0.95 for x in ge), f"generator_errors must lie in [0.05, 0.95] (a verifier "
-                                                    f"at the ends of the grid keeps too few samples), got {list(ge)}")
-    _fractions(c, p, "tail_clean_shares", lo_open=True, hi_open=True)
-    sources = p.get("real_sources")
-    if not isinstance(sources, (list, tuple)) or not sources or any(s not in MX.REAL_SOURCES for s in sources) \
-            or len(set(sources)) != len(sources):
-        c.check(False, f"real_sources must be a non-empty list of distinct values from {list(MX.REAL_SOURCES)}, "
-                       f"got {sources!r}")
-    biases = p.get("sampling_biases")
-    if not isinstance(biases, (list, tuple)):
-        c.check(False, f"sampling_biases must be a list such as ['temperature(0.8)', 'truncation(0.9)'], got {biases!r}")
-    else:
-        for b in biases:
-            try:
-                if str(MX.parse_bias(b)) == "none":
-                    c.check(False, "sampling_biases lists biased samplers only; 'none' always runs")
-            except ValueError as e:
-                c.check(False, f"sampling_biases: {e}")
-    T, d = p.get("reg_samples"), p.get("reg_features")
-    if _is_int(T) and _is_int(d):
-        c.check(T > d + 1, f"reg_samples={T} must exceed reg_features + 1 = {d + 1 if _is_int(d) else '?'} "
-                           "(E tr((X^T X)^-1) = d/(T-d-1) is finite only then)")
-    N, k, ev = p.get("mix_samples"), p.get("knn_k"), p.get("mix_eval_samples")
-    if _is_int(k) and _is_int(ev) and ev > 0:
-        c.check(ev > k, f"mix_eval_samples={ev} must exceed knn_k={k} (or be 0 to skip precision/recall)")
-    shares = p.get("real_shares")
-    if _is_int(N) and isinstance(shares, (list, tuple)) and all(isinstance(s, (int, float)) for s in shares):
-        small = [s for s in shares if 0 < s and round(s * N) < 1]
-        c.check(not small, f"real_shares {small} keep no real sample of mix_samples={N}")
-    sizes, items, cut = p.get("verifier_sizes"), p.get("tail_items"), p.get("tail_cutoffs")
-    if _is_int(items) and isinstance(cut, (list, tuple)) and all(_is_int(x) for x in cut) and cut:
-        c.check(max(cut) < items, f"tail_cutoffs {list(cut)} must lie below tail_items={items}")
-    tmax = p.get("tail_max_size")
-    if _is_int(tmax):
-        c.check(tmax >= 100, f"tail_max_size={tmax} must be at least 100 (the sizes start at 10)")
-    S, G, M = p.get("reg_seeds"), p.get("reg_generations"), p.get("reg_samples")
-    if all(_is_int(x) for x in (S, G, M, d)):
-        c.check(S * M * (G + 1) * (d + 1) * 8 <= 4e9,
-                f"accumulate_subsample keeps every generation's rows: {S} seeds x {M} x {G + 1} generations "
-                f"needs ~{S * M * (G + 1) * (d + 1) * 8 / 1e9:.1f} GB; lower reg_generations or reg_seeds")
-    S, G, M = p.get("gauss_seeds"), p.get("gauss_generations"), p.get("gauss_samples")
-    if all(_is_int(x) for x in (S, G, M)):
-        c.check(S * M * (G + 1) * 8 <= 4e9, f"the accumulating Gaussian keeps {S} x {M} x {G + 1} samples "
-                                            f"(~{S * M * (G + 1) * 8 / 1e9:.1f} GB); lower gauss_generations")
-    S, n = p.get("tail_seeds"), p.get("tail_max_size")
-    if _is_int(S) and _is_int(n):
-        c.check(S * n <= 2e10, f"tail_seeds x tail_max_size = {S * n:.2g} draws is too many; lower one of them")
-    if isinstance(sizes, (list, tuple)) and sizes and all(_is_int(x) for x in sizes):
-        c.check(len(set(sizes)) == len(sizes), f"verifier_sizes must not repeat, got {list(sizes)}")
-    c.done()
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """Chapter 05's parameters; the defaults are the ``cpu`` preset (presets/05.yaml lists only what
+    the ``smoke`` and ``paper`` presets change)."""
+
+    chapter: ClassVar[str] = "05"
+    seed: int = param(0, "base seed; every study uses seeds seed, seed + 1, ...", lo=0)
+    # section 1: replace, accumulate, accumulate-subsample
+    reg_seeds: int = param(400, "regression: independent designs (vectorised)", lo=2, hi=1_000_000)
+    reg_generations: int = param(50, "regression: generations after the first fit", lo=1, hi=100_000)
+    reg_samples: int = param(100, "T: rows of the fixed design", lo=3, hi=10_000_000)
+    reg_features: int = param(10, "d: features", lo=1, hi=10_000)
+    reg_noise: float = param(1.0, "sigma: label noise standard deviation", lo=0.0, open_lo=True)
+    gauss_seeds: int = param(400, "1-D Gaussian: seeds", lo=2, hi=1_000_000)
+    gauss_samples: int = param(20, "M: samples per generation of the 1-D Gaussian", lo=2, hi=10_000_000)
+    gauss_generations: int = param(100, "generations of the 1-D Gaussian", lo=1, hi=100_000)
+    # section 2: how much real data is enough
+    mix_seeds: int = param(16, "Gaussian mixture: seeds per setting", lo=2, hi=100_000)
+    mix_generations: int = param(100, "generations per mixture setting", lo=4, hi=100_000)
+    mix_samples: int = param(500, "N: training-set size of every generation", lo=10, hi=10_000_000)
+    real_shares: list = param([0.0, 0.05, 0.1, 0.25, 0.5], "share of real data in every training set; 0 is "
+                              "replace", kind="any")
+    real_sources: list = param(["fixed", "fresh"], "real data from a fixed real set or fresh from the truth",
+                               kind="any")
+    sampling_biases: list = param(["temperature(0.8)", "truncation(0.9)"], "biased samplers, run with the "
+                                  "fixed real set", kind="any")
+    mix_eval_samples: int = param(250, "samples per seed for k-NN precision / recall (0: skip)", lo=0,
+                                  hi=100_000)
+    knn_k: int = param(5, "k of the k-NN balls", lo=1, hi=1000)
+    record_every: int = param(5, "mixture metrics every this many generations (plus 0-10, log-spaced)", lo=1)
+    stable_growth: float = param(1.5, '"collapsing": distance to the truth still grew by this factor', lo=1.0,
+                                 open_lo=True)
+    min_recall: float = param(0.9, '"stable": final recall at least this', lo=0.0, hi=1.0)
+    # section 3: verification and selection
+    verifier_seeds: int = param(100, "verifier: seeds per grid point", lo=2, hi=1_000_000)
+    verifier_grid: int = param(21, "verifier qualities evenly spaced in [0, 1]", lo=3, hi=1001)
+    generator_errors: list = param([0.3, 0.6], "p: probability that the generator's label is wrong", kind="any")
+    verifier_sizes: list = param([100, 1000, 4000], "n: verified samples the classifier is trained on", lo=1)
+    verifier_features: int = param(10, "d of the classification task", lo=1, hi=10_000)
+    verifier_signal: float = param(1.0, "m, the class separation: Bayes error Phi(-m)", lo=0.0, open_lo=True)
+    selection_seeds: int = param(400, "selection: seeds", lo=2, hi=1_000_000)
+    selection_samples: int = param(50, "M: samples per generation", lo=2, hi=10_000_000)
+    selection_generations: int = param(50, "selection: generations", lo=1, hi=100_000)
+    selection_keep: float = param(0.9, "the model keeps its likeliest share of its own samples", lo=0.0, hi=1.0,
+                                  open_lo=True, open_hi=True)
+    # section 4: tails and scaling laws
+    tail_seeds: int = param(200, "tails: seeds", lo=2, hi=1_000_000)
+    tail_items: int = param(100_000, "N: items of the Zipf distribution", lo=10, hi=100_000_000)
+    tail_beta: float = param(2.0, "beta: Zipf exponent, p_i ~ i^-beta", lo=1.0, open_lo=True)
+    tail_max_size: int = param(100_000, "largest training size T", lo=10, hi=1_000_000_000)
+    tail_cutoffs: list = param([10, 100], "ranks k at which synthetic data cut the tail", lo=1)
+    tail_clean_shares: list = param([0.02, 0.1], "shares of clean data mixed into the first cut-off's data",
+                                    kind="any")
+    tail_points: int = param(25, "training sizes, log-spaced from 10 to tail_max_size", lo=3, hi=1000)
+
+    @classmethod
+    def check(cls, values) -> None:
+        """Every problem in one error: the constraints between parameters run even when a value is
+        out of range (they are written to skip values of the wrong type)."""
+        c = Checker(values, cls.chapter)
+        for name, s in cls.specs().items():
+            c.spec(name, s)
+        cls.cross_checks(c, values)
+        c.done()
+
+    @classmethod
+    def cross_checks(cls, c: Checker, p) -> None:
+        _fractions(c, p, "real_shares", lo_open=False, hi_open=True, need_zero=True)
+        _fractions(c, p, "generator_errors", lo_open=True, hi_open=True)
+        ge = p.get("generator_errors")
+        if isinstance(ge, (list, tuple)) and all(isinstance(x, (int, float)) for x in ge):
+            c.check(all(0.05 <= x <= 0.95 for x in ge), f"generator_errors must lie in [0.05, 0.95] (a verifier "
+                                                        f"at the ends of the grid keeps too few samples), got {list(ge)}")
+        _fractions(c, p, "tail_clean_shares", lo_open=True, hi_open=True)
+        sources = p.get("real_sources")
+        if not isinstance(sources, (list, tuple)) or not sources or any(s not in MX.REAL_SOURCES for s in sources) \
+                or len(set(sources)) != len(sources):
+            c.check(False, f"real_sources must be a non-empty list of distinct values from {list(MX.REAL_SOURCES)}, "
+                           f"got {sources!r}")
+        biases = p.get("sampling_biases")
+        if not isinstance(biases, (list, tuple)):
+            c.check(False, f"sampling_biases must be a list such as ['temperature(0.8)', 'truncation(0.9)'], "
+                           f"got {biases!r}")
+        else:
+            for b in biases:
+                try:
+                    if str(MX.parse_bias(b)) == "none":
+                        c.check(False, "sampling_biases lists biased samplers only; 'none' always runs")
+                except ValueError as e:
+                    c.check(False, f"sampling_biases: {e}")
+        T, d = p.get("reg_samples"), p.get("reg_features")
+        if _is_int(T) and _is_int(d):
+            c.check(T > d + 1, f"reg_samples={T} must exceed reg_features + 1 = {d + 1 if _is_int(d) else '?'} "
+                               "(E tr((X^T X)^-1) = d/(T-d-1) is finite only then)")
+        N, k, ev = p.get("mix_samples"), p.get("knn_k"), p.get("mix_eval_samples")
+        if _is_int(k) and _is_int(ev) and ev > 0:
+            c.check(ev > k, f"mix_eval_samples={ev} must exceed knn_k={k} (or be 0 to skip precision/recall)")
+        shares = p.get("real_shares")
+        if _is_int(N) and isinstance(shares, (list, tuple)) and all(isinstance(s, (int, float)) for s in shares):
+            small = [s for s in shares if 0 < s and round(s * N) < 1]
+            c.check(not small, f"real_shares {small} keep no real sample of mix_samples={N}")
+        sizes, items, cut = p.get("verifier_sizes"), p.get("tail_items"), p.get("tail_cutoffs")
+        if _is_int(items) and isinstance(cut, (list, tuple)) and all(_is_int(x) for x in cut) and cut:
+            c.check(max(cut) < items, f"tail_cutoffs {list(cut)} must lie below tail_items={items}")
+        tmax = p.get("tail_max_size")
+        if _is_int(tmax):
+            c.check(tmax >= 100, f"tail_max_size={tmax} must be at least 100 (the sizes start at 10)")
+        S, G, M = p.get("reg_seeds"), p.get("reg_generations"), p.get("reg_samples")
+        if all(_is_int(x) for x in (S, G, M, d)):
+            c.check(S * M * (G + 1) * (d + 1) * 8 <= 4e9,
+                    f"accumulate_subsample keeps every generation's rows: {S} seeds x {M} x {G + 1} generations "
+                    f"needs ~{S * M * (G + 1) * (d + 1) * 8 / 1e9:.1f} GB; lower reg_generations or reg_seeds")
+        S, G, M = p.get("gauss_seeds"), p.get("gauss_generations"), p.get("gauss_samples")
+        if all(_is_int(x) for x in (S, G, M)):
+            c.check(S * M * (G + 1) * 8 <= 4e9, f"the accumulating Gaussian keeps {S} x {M} x {G + 1} samples "
+                                                f"(~{S * M * (G + 1) * 8 / 1e9:.1f} GB); lower gauss_generations")
+        S, n = p.get("tail_seeds"), p.get("tail_max_size")
+        if _is_int(S) and _is_int(n):
+            c.check(S * n <= 2e10, f"tail_seeds x tail_max_size = {S * n:.2g} draws is too many; lower one of them")
+        if isinstance(sizes, (list, tuple)) and sizes and all(_is_int(x) for x in sizes):
+            c.check(len(set(sizes)) == len(sizes), f"verifier_sizes must not repeat, got {list(sizes)}")
 
 
 def _is_int(x) -> bool:
@@ -148,19 +203,55 @@ def _seeds(p: dict, key: str) -> list[int]:
     return list(range(p["seed"], p["seed"] + p[key]))
 
 
-def run_regression(p: dict, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The three regimes on the same seeds (same designs, same generation-0 data): tidy metrics
-    (``test_error`` = ||w_g - w*||^2, not normalised; ``trace_term`` at generation 0) and bookkeeping."""
+def regression_problem(p) -> tuple[np.ndarray, np.ndarray]:
+    """Section 1's real data: per seed a Gaussian design and its real labels as rows ``(x, y)``, shape
+    ``(reg_seeds, T, d + 1)``, and the true weights (:func:`collapse_utils.models.regression.real_problem`)."""
+    return RG.real_problem(_seeds(p, "reg_seeds"), p["reg_samples"], p["reg_features"], p["reg_noise"])
+
+
+def default_loop(p) -> Loop:
+    """The chapter's main recursion (section 1): linear regression refitted on its own predictions,
+    under ``replace``, for ``reg_generations`` generations.  :func:`run` runs it and, beside it, the
+    same experiment under every regime of ``REG_REGIMES``."""
+    rows, w_star = regression_problem(p)
+    return Loop(experiment=RG.RegressionExperiment(rows[..., :-1], w_star, p["reg_noise"]), regime="replace",
+                generations=p["reg_generations"])
+
+
+def regression_regimes(loop: Loop) -> list[str]:
+    """The regimes section 1 runs: ``REG_REGIMES``, then the loop's own regime if it is another one."""
+    return list(dict.fromkeys([*REG_REGIMES, str(loop.regime)]))
+
+
+def _for_regime(experiment, regime: str):
+    """The loop's experiment for one regime: a regression pools its rows exactly as Gram matrices under
+    replace and accumulate (O(1) per generation); regimes that draw rows (accumulate-subsample,
+    keep_real) need the rows themselves."""
+    if not isinstance(experiment, RG.RegressionExperiment):
+        return experiment
+    ex = copy.copy(experiment)
+    ex.gram = parse_regime(regime).name in ("replace", "accumulate")
+    return ex
+
+
+def run_regression(p, loop: Loop | None = None, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The loop (default :func:`default_loop`) under each of :func:`regression_regimes` on the same seeds
+    (same designs, same generation-0 data): tidy metrics (``test_error`` = ||w_g - w*||^2, not
+    normalised; ``trace_term`` at generation 0) and bookkeeping."""
+    loop = default_loop(p) if loop is None else loop
     seeds = _seeds(p, "reg_seeds")
-    T, d, sigma, G = p["reg_samples"], p["reg_features"], p["reg_noise"], p["reg_generations"]
-    rows, w = RG.real_problem(seeds, T, d, sigma)
+    T, d = p["reg_samples"], p["reg_features"]
+    rows, _ = regression_problem(p)
+    design = getattr(loop.experiment, "X", None)
+    if design is not None and not np.array_equal(design, rows[..., :-1]):
+        raise ValueError("the loop's experiment must relabel the chapter's designs: build it from "
+                         "regression_problem(p)")
     frames, books = [], []
-    for regime in REG_REGIMES:
-        gram = regime != "accumulate_subsample"  # sufficient statistics pool exactly; subsampling needs rows
-        ex = RG.RegressionExperiment(rows[..., :d], w, sigma, gram=gram)
-        res = run_recursion(ex, RG.GramStats.from_rows(rows) if gram else rows, G, regime=regime, seed=p["seed"],
-                            seeds=seeds, progress=progress,
-                            columns={"study": "regression", "T": T, "d": d})
+    for regime in regression_regimes(loop):
+        ex = _for_regime(loop.experiment, regime)
+        real = RG.GramStats.from_rows(rows) if getattr(ex, "gram", False) else rows
+        res = run_recursion(ex, real, loop.generations, regime=regime, seed=p["seed"], seeds=seeds,
+                            progress=progress, columns={"study": "regression", "T": T, "d": d})
         frames.append(res.metrics)
         books.append(res.bookkeeping)
     return pd.concat(frames, ignore_index=True), pd.concat(books, ignore_index=True)
@@ -420,8 +511,13 @@ class Result:
                 "timing": timing_table(self)}
 
 
-def run(p: dict, progress: bool = True) -> Result:
-    """The chapter's run plan: every study at parameters ``p`` (validated)."""
+def run(p, loop: Loop | None = None, *, checkpoint_root=None, progress: bool = True) -> Result:
+    """The chapter's run plan: every study at parameters ``p`` (checked).
+
+    ``loop`` is the main recursion of section 1 (default :func:`default_loop`): its experiment and
+    generations run under its regime and, for comparison, under every regime of ``REG_REGIMES``.
+    ``checkpoint_root`` is accepted for the one chapter contract; every study here runs in seconds
+    to minutes, so none checkpoints."""
     secs = {}
 
     def timed(name, fn, *args):
@@ -430,7 +526,7 @@ def run(p: dict, progress: bool = True) -> Result:
         secs[name] = time.perf_counter() - t0
         return out
 
-    reg, reg_book = timed("regression", run_regression, p, progress)
+    reg, reg_book = timed("regression", run_regression, p, loop, progress)
     gau, gau_book = timed("gaussian", run_gaussian, p, progress)
     mix, mix_book = timed("mixture", run_mixture, p, progress)
     ver = timed("verifier", run_verifier, p)
@@ -475,10 +571,10 @@ def regression_table(result: Result) -> pd.DataFrame:
     p = result.params
     f0 = RG.first_error(p["reg_features"], p["reg_samples"], p["reg_noise"])
     rows = []
-    for regime in REG_REGIMES:
+    for regime in dict.fromkeys(result.regression.regime):  # REG_REGIMES, then a swapped-in loop's regime
         g, x = _matrix(result.regression, "test_error", regime=regime)
         mean, se = _mean_se(x / f0)
-        th = RG.error_factor(regime, g) if regime != "accumulate_subsample" else np.full(len(g), np.nan)
+        th = RG.error_factor(regime, g) if regime in EXACT_REGIMES else np.full(len(g), np.nan)
         rows.append(pd.DataFrame({"regime": regime, "generation": g, "mean": mean, "se": se, "theory": th,
                                   "z": (mean - th) / se, "seeds": x.shape[1]}))
     return pd.concat(rows, ignore_index=True)
@@ -489,19 +585,20 @@ def regression_table(result: Result) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 def plot_regression(result: Result):
     """Normalised test error per regime (mean +- 2 SE over seeds) with the exact curves, and the ratio
-    measured / exact."""
+    measured / exact; one legend below the panels."""
     import matplotlib.pyplot as plt
 
     from .plotting import finish, regime_colors
 
     tab = regression_table(result)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    for regime, col in zip(REG_REGIMES, regime_colors(REG_REGIMES)):
+    regimes = list(dict.fromkeys(tab.regime))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), layout="constrained")
+    for regime, col in zip(regimes, regime_colors(regimes)):
         t = tab[tab.regime == regime]
         g = t.generation.to_numpy()
         axes[0].plot(g, t["mean"], color=col, label=f"{regime}: mean over seeds")
         axes[0].fill_between(g, t["mean"] - 2 * t.se, t["mean"] + 2 * t.se, color=col, alpha=0.25, lw=0)
-        if regime != "accumulate_subsample":
+        if regime in EXACT_REGIMES:
             gg = np.arange(int(g.max()) + 1)
             axes[0].plot(gg, RG.error_factor(regime, gg), color="k", ls="--", lw=1)
             r, s = t["mean"] / t.theory, t.se / t.theory
@@ -511,9 +608,12 @@ def plot_regression(result: Result):
     axes[0].axhline(RG.PI2_6, color="0.5", ls=":", lw=1.2, label=r"accumulate bound $\pi^2/6$")
     axes[0].set_yscale("log")
     axes[1].axhline(1.0, color="k", lw=0.8)
-    finish(axes[0], "generation", r"$\|\hat w_g - w^*\|^2 \,/\, (\sigma^2 d/(T-d-1))$", "test error")
-    finish(axes[1], "generation", "measured mean / exact expectation", "agreement with the theory (±2 SE)")
-    fig.tight_layout()
+    finish(axes[0], "generation", r"$\|\hat w_g - w^*\|^2 \,/\, (\sigma^2 d/(T-d-1))$", "test error",
+           legend=False)
+    finish(axes[1], "generation", "measured mean / exact expectation", "agreement with the theory (±2 SE)",
+           legend=False)  # the regimes' colours are the left panel's
+    _legend_below(fig, axes, ncol=3)
+    _wide_fonts(fig)
     return fig
 
 
@@ -553,18 +653,34 @@ def _share_colors(shares):
     return dict(zip(sorted(shares), sns.color_palette("viridis", len(shares))))
 
 
+def _wide_fonts(fig) -> None:
+    """Text of a multi-panel figure drawn larger: a figure 11 inches wide is shrunk to about 7 at page
+    width, so its titles, labels and ticks must start larger to stay readable there."""
+    for ax in fig.axes:
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+            text.set_fontsize(13)
+        ax.tick_params(labelsize=12)
+
+
+def _legend_below(fig, axes, ncol: int) -> None:
+    """One legend for every panel, below them (never on the data)."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(ncol, len(labels)), frameon=False, fontsize=12)
+
+
 def plot_real_share(result: Result):
     """Distance to the truth, precision and recall over generations for every real share (fixed real
-    set solid, fresh real data dashed), unbiased sampling; medians over seeds."""
+    set solid, fresh real data dashed), unbiased sampling; medians over seeds.  The legend sits below
+    the panels."""
     import matplotlib.pyplot as plt
 
     from .plotting import finish
 
     p = result.params
     m = result.mixture
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     cols = _share_colors(p["real_shares"])
     styles = {"fixed": "-", "fresh": "--"}
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4.6), layout="constrained")
     for source in p["real_sources"]:
         for share, d in sorted(_mixture_runs(m, source, "none").items()):
             if share == 0 and source != p["real_sources"][0]:
@@ -574,35 +690,44 @@ def plot_real_share(result: Result):
                 if not (d.metric == metric).any():
                     continue
                 g, x = _matrix(d, metric)
-                ax.plot(g, np.median(x, axis=1), color=cols[share], ls=styles[source] if share else ":", lw=1.6,
-                        label=label)
+                ax.plot(g, np.median(x, axis=1), color=cols[share], ls=styles[source] if share else ":",
+                        lw=2.2 if share == 0 else 1.6, label=label)
     axes[0].set_yscale("log")
-    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "distance to the real distribution", fontsize="x-small")
+    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "distance to the truth", legend=False)
     finish(axes[1], "generation", "precision", "quality (k-NN precision)", legend=False)
     finish(axes[2], "generation", "recall", "diversity (k-NN recall)", legend=False)
-    fig.tight_layout()
+    _legend_below(fig, axes, ncol=5)
+    _wide_fonts(fig)
     return fig
 
 
 def plot_bias(result: Result):
-    """Final precision and recall against the real share for every setting (medians over seeds)."""
+    """Final precision and recall against the real share for every setting (medians over seeds).  The
+    settings differ in line style and marker, so that one that coincides with another stays visible
+    (share 0 is the same replace run for the fixed and the fresh real set)."""
     import matplotlib.pyplot as plt
 
     from .plotting import finish, palette
 
     tab = stability_table(result.mixture, result.params)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharex=True)
-    for (setting, t), col in zip(tab.groupby("setting", sort=False), palette(tab.setting.nunique())):
-        axes[0].plot(t.real_share, t.precision_end, "o-", color=col, label=setting)
-        axes[1].plot(t.real_share, t.recall_end, "o-", color=col, label=setting)
+    n = tab.setting.nunique()
+    looks = [dict(ls="-", marker="o", ms=11, mfc="none", mew=2.0, lw=2.0),   # fixed: large hollow circles
+             dict(ls="--", marker="s", ms=5, lw=1.6)]                        # fresh: small filled squares
+    looks += [dict(ls=":", marker="^", ms=7, lw=1.6)] * max(0, n - 2)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharex=True, layout="constrained")
+    for (setting, t), col, look in zip(tab.groupby("setting", sort=False), palette(n), looks):
+        axes[0].plot(t.real_share, t.precision_end, color=col, label=setting, **look)
+        axes[1].plot(t.real_share, t.recall_end, color=col, label=setting, **look)
     axes[1].axhline(result.params["min_recall"], color="0.5", ls=":", lw=1)
     G = int(tab.generations.max()) if len(tab) else 0
     finish(axes[0], "share of real data per generation", "precision", f"quality at generation {G}",
-           loc="lower right")
-    finish(axes[1], "share of real data per generation", "recall", f"diversity at generation {G}", legend=False)
+           legend=False)
+    finish(axes[1], "share of real data per generation", "recall", f"diversity at generation {G}",
+           legend=False)
     for ax in axes:
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
-    fig.tight_layout()
+    _legend_below(fig, axes, ncol=3)
+    _wide_fonts(fig)
     return fig
 
 
@@ -641,7 +766,7 @@ def plot_stability_map(result: Result):
 
 def plot_verifier(result: Result):
     """Test error against verifier quality per generator error (panels) and training size (colours):
-    Monte-Carlo means +- 2 SE (points) and the exact expectation (lines)."""
+    Monte-Carlo means +- 2 SE (points) and the exact expectation (lines); one legend below the panels."""
     import matplotlib.pyplot as plt
 
     from .plotting import finish, palette
@@ -650,9 +775,10 @@ def plot_verifier(result: Result):
     v, th = result.verifier, result.verifier_expected
     gens = list(p["generator_errors"])
     sizes = sorted(p["verifier_sizes"])
-    fig, axes = plt.subplots(1, len(gens), figsize=(6 * len(gens), 4.3), squeeze=False, sharey=True)
     cols = palette(len(sizes))
     bayes = VF.bayes_error(p["verifier_signal"])
+    fig, axes = plt.subplots(1, len(gens), figsize=(min(11.0, 5.5 * len(gens)), 4.6), squeeze=False,
+                             sharey=True, layout="constrained")
     for ax, pg in zip(axes[0], gens):
         for n, col in zip(sizes, cols):
             t = th[(th.p_gen == pg) & (th.n_train == n)]
@@ -662,9 +788,9 @@ def plot_verifier(result: Result):
             ax.errorbar(mean.index, mean, yerr=2 * se, fmt="o", ms=3.5, color=col, label=f"n = {n}")
         ax.axvline(pg, color="0.4", ls=":", lw=1)
         ax.axhline(bayes, color="k", ls="--", lw=0.8)
-        finish(ax, "verifier quality φ (probability it judges a label right)", "test error",
-               f"generator error p = {pg:g}", loc="center right")
-    fig.tight_layout()
+        finish(ax, "verifier quality φ", "test error", f"generator error p = {pg:g}", legend=False)
+    _legend_below(fig, axes[0], ncol=len(sizes))
+    _wide_fonts(fig)
     return fig
 
 
@@ -750,27 +876,73 @@ def _pct(x: float) -> str:
     return f"{100 * x:g} %"
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def smallest_stable_table(result: Result) -> pd.DataFrame:
-    """Per setting of the map: the smallest real share whose state is ``stable`` (NaN if none)."""
+    """Per setting of the map: the smallest positive real share whose state is ``stable`` ("none" if
+    none), and the state at every share (text for the page)."""
     tab = stability_table(result.mixture, result.params)
     rows = []
     for setting, t in tab.groupby("setting", sort=False):
         ok = t[(t.real_share > 0) & (t.state == "stable")]
-        rows.append({"setting": setting, "smallest stable share": float(ok.real_share.min()) if len(ok) else np.nan,
-                     "states by share": ", ".join(f"{s:.0%}: {st}" for s, st in zip(t.real_share, t.state))})
+        rows.append({"setting": setting,
+                     "smallest share rated stable (S)": _pct(float(ok.real_share.min())) if len(ok) else "none",
+                     "states by share": "; ".join(f"{_pct(s)}: {st}" for s, st in zip(t.real_share, t.state))})
     return pd.DataFrame(rows)
+
+
+def fixed_set_markdown(result: Result) -> str:
+    """What this run shows of a fixed real set (section 2), for the page: which shares the map rates
+    stable, how much the distance to the truth still changed over the second half (median of the
+    window means, and a one-sided t-test on the per-seed log ratios), and the fixed set's final
+    distance against fresh real data at the same share."""
+    p = result.params
+    if "fixed" not in p["real_sources"]:
+        return "This run has no fixed real set."
+    tab = stability_table(result.mixture, p)
+    fx = tab[(tab.source == "fixed") & (tab.bias == "none") & (tab.real_share > 0)]
+    if not len(fx):
+        return "This run has no positive share of real data."
+    G = int(fx.generations.max())
+    runs = _mixture_runs(result.mixture, "fixed", "none")
+    fresh = _mixture_runs(result.mixture, "fresh", "none") if "fresh" in p["real_sources"] else {}
+    stable = [_pct(s) for s, st in zip(fx.real_share, fx.state) if st == "stable"]
+    growing, parts, vs_fresh = [], [], []
+    for share, growth in zip(fx.real_share, fx.growth):
+        d = runs[float(share)]
+        per_seed = {}
+        for lo, hi in ((G / 4, G / 2), (3 * G / 4, G)):
+            x = d[(d.metric == "l2_truth") & (d.generation > lo) & (d.generation <= hi)]
+            per_seed[hi] = x.groupby("seed")["value"].mean()
+        late, early = per_seed[G].align(per_seed[G / 2], join="inner")
+        if _direction(np.log(late.to_numpy() / early.to_numpy())) > 0:
+            growing.append(_pct(share))
+        parts.append(f"×{growth:.2f} ({_pct(share)})")
+        if float(share) in fresh:
+            f = fresh[float(share)]
+            a = d[(d.metric == "l2_truth") & (d.generation == G)]["value"].median()
+            b = f[(f.metric == "l2_truth") & (f.generation == G)]["value"].median()
+            vs_fresh.append(f"×{a / b:.2f} ({_pct(share)})")
+    seeds = int(result.mixture.seed.nunique())
+    text = (f"Over its {G} generations and {seeds} seeds, this run's map rates "
+            + (f"a fixed real set stable at {_and(stable)}" if stable else "no share of a fixed real set stable")
+            + f" (of {len(fx)} positive shares). From generations {G / 4:g}–{G / 2:g} to {3 * G / 4:g}–{G} the "
+            f"median distance to the truth changed by {', '.join(parts)} (collapsing means ×{p['stable_growth']:g} "
+            "or more); per seed, the distance was still growing significantly (one-sided t-test at "
+            f"{_pct(ALPHA)} on the log ratios) at " + (_and(growing) if growing else "no share") + ".")
+    if vs_fresh:
+        text += (f" At the last generation the fixed set's median distance to the truth is {', '.join(vs_fresh)} "
+                 "that of fresh real data at the same share.")
+    return text
 
 
 def page_numbers(result: Result) -> dict:
     """The run-dependent numbers the page's prose glues (besides its claims' extras), keyed ``c05_...``:
     Python floats for ``{glue:text}`key:.2f```, strings (Markdown) for ``{glue:md}`key```."""
     p = result.params
-    small = smallest_stable_table(result)
-
-    def smallest(setting: str) -> str:
-        row = small[small.setting == setting]
-        v = float(row["smallest stable share"].iloc[0]) if len(row) else float("nan")
-        return _pct(v) if finite(v) else "none of the shares tried"
+    sentence, short = _stable_share_sentences(result)
 
     return {
         "c05_reg_seeds": _int(p["reg_seeds"]), "c05_reg_generations": _int(p["reg_generations"]),
@@ -782,8 +954,8 @@ def page_numbers(result: Result) -> dict:
         "c05_mix_n": _int(p["mix_samples"]),
         "c05_shares": ", ".join(_pct(x) for x in sorted(p["real_shares"])),
         "c05_biases": ", ".join(f"`{MX.parse_bias(b)}`" for b in p["sampling_biases"]) or "none",
-        "c05_smallest_fixed": smallest(setting_label("fixed", "none")),
-        "c05_smallest_fresh": smallest(setting_label("fresh", "none")),
+        "c05_stable_share_md": sentence, "c05_stable_share_short": short,
+        "c05_fixed_set_md": fixed_set_markdown(result),
         "c05_stable_growth": float(p["stable_growth"]), "c05_min_recall": float(p["min_recall"]),
         "c05_ver_seeds": _int(p["verifier_seeds"]), "c05_ver_d": _int(p["verifier_features"]),
         "c05_ver_sizes": ", ".join(_int(n) for n in sorted(p["verifier_sizes"])),
@@ -798,6 +970,36 @@ def page_numbers(result: Result) -> dict:
         "c05_tail_shares": ", ".join(_pct(x) for x in p["tail_clean_shares"]),
         "c05_tail_exponent": 1 - 1 / float(p["tail_beta"]),
     }
+
+
+def _stable_share_sentences(result: Result) -> tuple[str, str]:
+    """The page's sentences on the smallest stable share, worded after the claim's verdict (a run too
+    small to tell names no share), in full and short."""
+    from .claims import CONTRADICTED, REPRODUCED
+
+    claim = next(c for c in _mixture_claims(result) if c.id == "real-share-stable")
+    tab = stability_table(result.mixture, result.params)
+
+    def smallest(source: str) -> str:
+        t = tab[(tab.source == source) & (tab.bias == "none") & (tab.real_share > 0) & (tab.state == "stable")]
+        return _pct(float(t.real_share.min())) if len(t) else "none of the shares tried"
+
+    primary = "fixed" if "fixed" in result.params["real_sources"] else "fresh"
+    if claim.verdict == REPRODUCED:
+        full = (f"The smallest share of {'a fixed real set' if primary == 'fixed' else 'fresh real data'} that "
+                f"kept the mixture stable (by the map's criterion) is {smallest(primary)}, and every larger share "
+                "kept it stable too")
+        if primary == "fixed" and "fresh" in result.params["real_sources"]:
+            full += f"; with fresh real data, {smallest('fresh')}"
+        return full + ".", f"the smallest share of {primary} real data that kept the mixture stable is {smallest(primary)}"
+    if claim.verdict == CONTRADICTED:
+        what = ("no share of real data kept the mixture stable" if smallest(primary).startswith("none") else
+                f"a share of {smallest(primary)} kept the mixture stable but a larger one did not")
+        return f"By the map's criterion, {what} in this run.", what
+    return (f"This run is too small to tell which shares keep the mixture stable: the claim needs {claim.gate}. "
+            "So it names no smallest stable share; the letters of the map and the table describe this short "
+            "run, not a test of the claim.",
+            "the run is too small to name a smallest share of real data that keeps the mixture stable")
 
 
 def glue_numbers(result: Result) -> dict:
@@ -858,6 +1060,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         "(n+1) x first error",
         f"generation {G}: {rp['mean']:.2f} +- {rp.se:.2f} (SE) x sigma^2 d/(T-d-1), exact {rp.theory:.2f} "
         f"({seeds} seeds)", "fig-05-regression", judge(_z_ok(rp["mean"], rp.se, rp.theory), visible=enough),
+        gate=f"at least {MIN_SEEDS} seeds; this run has {seeds}",
         extra={"generations": G, "seeds": seeds, "mean": rp["mean"], "se": rp.se, "theory": rp.theory,
                "first_error": RG.first_error(p["reg_features"], p["reg_samples"], p["reg_noise"]),
                "first_mean": first["mean"], "first_se": first.se}))
@@ -871,7 +1074,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         "times the first error (Gerstgrasser et al. 2024; Dey and Donoho 2024)",
         "sum 1/i^2 < pi^2/6 x first error",
         f"generation {G}: {acc['mean']:.3f} +- {acc.se:.3f} (SE), exact {acc.theory:.3f}, bound {RG.PI2_6:.3f}",
-        "fig-05-regression", judge(ok, visible=enough),
+        "fig-05-regression", judge(ok, visible=enough), gate=f"at least {MIN_SEEDS} seeds; this run has {seeds}",
         extra={"mean": acc["mean"], "se": acc.se, "theory": acc.theory, "bound": RG.PI2_6,
                "max_mean": float(t_acc["mean"].max())}))
     # accumulate-subsample sits between them: per-seed log ratios at the last generation (same seeds)
@@ -890,6 +1093,8 @@ def _regression_claims(r: Result) -> list[Claim]:
         f"generation {G}: replace {rp['mean']:.2f}, accumulate-subsample {sub['mean']:.2f}, accumulate "
         f"{acc['mean']:.2f} (x first error; one-sided t-tests on per-seed log ratios)",
         "fig-05-regression", judge(d_hi > 0 and d_lo > 0, visible=G >= 2 and d_hi != 0 and d_lo != 0),
+        gate=f"at least 2 generations and seeds enough for both one-sided t-tests to be significant at "
+             f"{_pct(ALPHA)}; this run has {G} generations and {seeds} seeds",
         extra={"mean": sub["mean"], "se": sub.se}))
     # the 1-D Gaussian: replace collapses, accumulate keeps the variance
     M, Gg = p["gauss_samples"], int(r.gaussian.generation.max())
@@ -908,9 +1113,18 @@ def _regression_claims(r: Result) -> list[Claim]:
         f"median fitted variance at generation {Gg} relative to generation 0: replace {med['replace']:.3f}, "
         f"accumulate {med['accumulate']:.3f}, accumulate-subsample {med['accumulate_subsample']:.3f}",
         "fig-05-gaussian", judge(holds, visible=expected_median < HALF / 2),
+        gate=f"generations enough for replace's log-normal median variance to fall below a quarter of its "
+             f"start; at this run's generation {Gg} it is at {expected_median:.2f}",
         extra={"replace": med["replace"], "accumulate": med["accumulate"],
                "subsample": med["accumulate_subsample"], "generations": Gg, "expected_median": expected_median}))
     return out
+
+
+def _mixture_gate(r: Result, G: int, more: list[str]) -> str:
+    """What the mixture's claims need: enough seeds and generations, and ``more``."""
+    seeds = int(r.mixture.seed.nunique())
+    return ", ".join([f"at least {MIX_MIN_SEEDS} seeds and {MIX_MIN_GENERATIONS} generations", *more]) + \
+        f"; this run has {seeds} seeds and {G} generations"
 
 
 def _mixture_claims(r: Result) -> list[Claim]:
@@ -929,17 +1143,21 @@ def _mixture_claims(r: Result) -> list[Claim]:
     fresh = tab[(tab.source == "fresh") & (tab.bias == "none") & (tab.state == "stable") & (tab.real_share > 0)]
     smallest_fresh = float(fresh.real_share.min()) if len(fresh) else float("nan")
     growth_rep = float(rep.iloc[0].growth) if len(rep) else float("nan")
+    visible = rep_collapses and big_enough and bool((fixed.real_share > 0).any())
     out.append(Claim(
         "real-share-stable",
         "Iterative retraining stays stable when every generation keeps a large enough share of real data, "
         "and collapses without it (Bertrand et al. 2024)",
         "stable above a real-data share",
-        (f"replace: distance to the truth grew x{growth_rep:.2f} over the second half ({rep.iloc[0].state}); "
-         f"smallest stable share of {primary} real data: {smallest:.0%}" if len(stable) else
-         f"replace: distance grew x{growth_rep:.2f} over the second half; no share was stable")
-        + f" ({G} generations)",
-        "fig-05-map", judge(bool(len(stable)) and all_above,
-                            visible=rep_collapses and big_enough and bool((fixed.real_share > 0).any())),
+        ((f"replace: distance to the truth grew x{growth_rep:.2f} over the second half ({rep.iloc[0].state}); "
+          f"smallest stable share of {primary} real data: {smallest:.0%}" if len(stable) else
+          f"replace: distance grew x{growth_rep:.2f} over the second half; no share was stable")
+         + f" ({G} generations)") if visible else
+        # a run too small to tell names no smallest stable share (its map's letters are no test)
+        f"replace: distance to the truth grew x{growth_rep:.2f} over the second half; {G} generations of "
+        f"{int(r.mixture.seed.nunique())} seeds are too few to tell which shares are stable",
+        "fig-05-map", judge(bool(len(stable)) and all_above, visible=visible),
+        gate=_mixture_gate(r, G, [] if rep_collapses else ["replace collapsing (its distance still growing)"]),
         extra={"smallest": smallest, "smallest_pct": 100 * smallest if finite(smallest) else float("nan"),
                "smallest_fresh": smallest_fresh, "replace_growth": growth_rep, "generations": G,
                "replace_l2_ratio": float(rep.iloc[0].l2_ratio) if len(rep) else float("nan"),
@@ -963,6 +1181,9 @@ def _mixture_claims(r: Result) -> list[Claim]:
         "fresh data loop better than a fixed real set",
         ("; ".join(parts) + f" (median distance to the truth at generation {G})") if parts else "not run",
         "fig-05-real-share", judge(holds, visible=big_enough and bool(dirs) and any(d_ != 0 for d_ in dirs)),
+        gate=_mixture_gate(r, G, [] if dirs else ["both real sources"]
+                           + ([] if any(d_ != 0 for d_ in dirs) else
+                              [f"a difference significant at {_pct(ALPHA)} at some share"])),
         extra={"n_shares": len(dirs)}))
     # sampling bias: quality kept, diversity lost, at every positive share
     parts, verdicts = [], []
@@ -987,6 +1208,8 @@ def _mixture_claims(r: Result) -> list[Claim]:
         if parts else "no sampling bias run",
         "fig-05-bias", judge(holds, visible=bool(verdicts) and all(v for _, v in verdicts)
                              and p["mix_eval_samples"] > 0 and big_enough),
+        gate=_mixture_gate(r, G, ([] if verdicts else ["a sampling bias"])
+                           + ([] if p["mix_eval_samples"] > 0 else ["mix_eval_samples > 0"])),
         extra={"n_biases": len(verdicts)}))
     return out
 
@@ -1037,6 +1260,9 @@ def _verifier_claims(r: Result) -> list[Claim]:
         "; ".join(parts) + f"; Monte-Carlo means within {Z_TOL:g} SE of the exact curves: "
                            f"{'yes' if agree else 'no'} (largest |z| {worst:.1f}, {seeds} seeds)",
         "fig-05-verifier", judge(ok, visible=visible or not agree),
+        gate=f"at least {MIN_SEEDS} seeds, two sizes up to n >= 1000 and at least 11 verifier qualities reaching "
+             f"p - {DELTA:g} and p + {DELTA:g}; this run has {seeds} seeds, n up to {sizes[-1]} and {len(phis)} "
+             "qualities",
         extra={"seeds": seeds, "worst_z": worst, "n_max": sizes[-1], "n_min": sizes[0],
                "bayes": VF.bayes_error(p["verifier_signal"])})]
 
@@ -1070,6 +1296,9 @@ def _selection_claims(r: Result) -> list[Claim]:
         # visible when the mean-field power law predicts the variance well under half by generation G
         "fig-05-selection", judge(holds, visible=int(s.seed.nunique()) >= MIN_SEEDS
                                   and (G + 1.0) ** -(1 - VF.kappa(keep)) <= 0.8 * HALF),
+        gate=f"at least {MIN_SEEDS} seeds and generations enough for the mean-field power law to fall below "
+             f"{0.8 * HALF:g}; this run has {int(s.seed.nunique())} seeds, and at its generation {G} the power law "
+             f"is at {(G + 1.0) ** -(1 - VF.kappa(keep)):.2f}",
         extra={"selected_end": sel_end / sel_0, "plain_end": plain_end / med[(1.0, "accumulate")][2],
                "replace_end": med[(keep, "replace")][0] / med[(keep, "replace")][2], "generations": G,
                "kappa": VF.kappa(keep), "keep_pct": 100 * keep, "slope": slope,
@@ -1109,6 +1338,8 @@ def _tail_claims(r: Result) -> list[Claim]:
         f"slope {slope:.3f} over the last two decades of T (theory {target:.3f}); means within {Z_TOL:g} SE of "
         f"the exact expectation: {'yes' if agrees(mean, se, exp) else 'no'} ({seeds} seeds)",
         "fig-05-tails", judge(ok, visible=seeds >= MIN_SEEDS and Tmax >= 10_000),
+        gate=f"at least {MIN_SEEDS} seeds and training sizes up to 10 000; this run has {seeds} seeds and sizes up "
+             f"to {Tmax}",
         extra={"slope": slope, "target": target, "seeds": seeds, "t_max": Tmax}))
     # plateaus
     parts, agree, at_floor, vis, extra = [], [], [], [], {}
@@ -1130,6 +1361,8 @@ def _tail_claims(r: Result) -> list[Claim]:
         "; ".join(parts), "fig-05-tails",
         # disagreeing with the exact curve contradicts at any size; the floor itself needs the plateau reached
         judge(all(agree) and all(at_floor), visible=not all(agree) or (all(vis) and seeds >= MIN_SEEDS)),
+        gate=f"training sizes large enough to reach every plateau, the exact error within {_pct(PLATEAU_REL)} of "
+             f"it, and at least {MIN_SEEDS} seeds; this run has sizes up to {Tmax} and {seeds} seeds",
         extra=extra))
     # mixing clean data restores the decay
     k0 = int(p["tail_cutoffs"][0])
@@ -1151,6 +1384,8 @@ def _tail_claims(r: Result) -> list[Claim]:
         "decay resumes below the plateau",
         "; ".join(parts), "fig-05-tails",
         judge(all(agree) and all(below), visible=not all(agree) or (all(vis) and seeds >= MIN_SEEDS)),
+        gate=f"training sizes large enough for the exact error to fall below half the plateau and at least "
+             f"{MIN_SEEDS} seeds; this run has sizes up to {Tmax} and {seeds} seeds",
         extra=extra))
     return out
 
@@ -1160,7 +1395,9 @@ def claims(result: Result, params: dict | None = None) -> list[Claim]:
     section's prose and in the claim's measured text)."""
     out = (_regression_claims(result) + _mixture_claims(result) + _verifier_claims(result)
            + _selection_claims(result) + _tail_claims(result))
-    for c in out:  # plain Python numbers for the page's glue
+    for c in out:  # plain Python numbers for the page's glue; a gate is printed only where it decided
+        if c.verdict != NOT_VISIBLE:
+            c.gate = ""
         c.extra = {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v))
                    if isinstance(v, (int, float, np.integer, np.floating)) else v for k, v in c.extra.items()}
     return out

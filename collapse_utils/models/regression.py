@@ -174,11 +174,11 @@ class RegressionExperiment(Experiment):
         return ols(data)
 
     def sample(self, model: np.ndarray, n: int, ctx: GenerationContext) -> np.ndarray:
+        r"""``n`` new rows ``(x, y)`` per seed: the fixed design (repeated, or its first ``n`` rows when
+        a regime keeps real rows) labelled by the fitted weights plus fresh noise,
+        :math:`y = X\hat w + \sigma\varepsilon`."""
         S, T, d = self.X.shape
-        if n % T:
-            raise ValueError(f"the design has {T} rows: generations must add a multiple of {T} rows, got {n}")
-        reps = n // T
-        X = np.tile(self.X, (1, reps, 1)) if reps > 1 else self.X
+        X = np.tile(self.X, (1, -(-n // T), 1))[:, :n] if n > T else self.X[:, :n]
         y = np.einsum("snd,sd->sn", X, model) + self.sigma * ctx.rng("sample").standard_normal((S, n))
         rows = np.concatenate([X, y[..., None]], axis=2)
         return GramStats.from_rows(rows) if self.gram else rows

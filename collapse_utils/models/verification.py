@@ -38,7 +38,8 @@ from scipy import special, stats
 from ..core.engine import Experiment, GenerationContext
 from ..core.seeding import make_rng
 
-__all__ = ["kept_accuracy", "keep_rate", "expected_verified_error", "verified_errors", "bayes_error",
+__all__ = ["kept_accuracy", "keep_rate", "expected_verified_error", "verified_errors", "verifier_keeps",
+           "class_mean_error", "bayes_error",
            "SelectedGaussianExperiment", "truncation_point", "kappa", "selected_variance"]
 
 
@@ -144,18 +145,37 @@ def verified_errors(phis: Sequence[float], p: float, sizes: Sequence[int], d: in
             u[r] = make_rng(s, stream, "sample").random(pool)
         sign = np.where(flip, -1.0, 1.0)  # generator label times true label
         for j, ph in enumerate(phis):
-            keep = flip == (u > ph)  # right and judged right, or wrong and judged wrong
+            keep = verifier_keeps(flip, u, ph)
             rank = np.cumsum(keep, axis=1)
             if np.any(rank[:, -1] < n_max):
                 raise RuntimeError("the verifier kept too few samples; this should not happen")
             cols = np.nonzero(keep & (rank <= n_max))[1].reshape(S, n_max)  # the first n_max kept, in order
             rows_ix = np.arange(S)[:, None]
-            csum = np.cumsum(yx[rows_ix, cols] * sign[rows_ix, cols][..., None], axis=1)
-            w = csum[:, sizes - 1, :] / sizes[None, :, None]  # (S, sizes, d)
-            nw = np.linalg.norm(w, axis=-1)
-            proj = w @ mu
-            out[start:start + S, j, :] = special.ndtr(-np.where(nw > 0, proj / np.where(nw > 0, nw, 1.0), 0.0))
+            out[start:start + S, j, :] = class_mean_error(yx[rows_ix, cols] * sign[rows_ix, cols][..., None],
+                                                          sizes, mu)
     return out
+
+
+def verifier_keeps(wrong: np.ndarray, u: np.ndarray, phi: float) -> np.ndarray:
+    """The verifier's filter.  Its judgement of a label is correct when its uniform ``u`` is at most
+    ``phi`` (so with probability ``phi``), and it keeps every sample whose label it judges right: a
+    right label judged correctly, or a wrong label (``wrong``: the generator flipped it) judged
+    incorrectly."""
+    verifier_errs = u > phi
+    return wrong == verifier_errs
+
+
+def class_mean_error(signed_x: np.ndarray, sizes: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    r"""Test error of the classifier fitted on the first ``n`` kept samples, for each ``n`` in ``sizes``.
+
+    ``signed_x`` holds :math:`\tilde y_i x_i` (label times point), ``(S, n_max, d)``.  The model is the
+    class-mean direction :math:`\hat w = \frac1n\sum_{i\le n}\tilde y_i x_i`; it predicts
+    :math:`\operatorname{sign}(\hat w^\top x)` and errs with probability
+    :math:`\Phi(-\hat w^\top\mu/\|\hat w\|)` exactly.  Returns ``(S, len(sizes))``."""
+    w = np.cumsum(signed_x, axis=1)[:, sizes - 1, :] / sizes[None, :, None]  # (S, sizes, d)
+    norm = np.linalg.norm(w, axis=-1)
+    margin = np.where(norm > 0, (w @ mu) / np.where(norm > 0, norm, 1.0), 0.0)
+    return special.ndtr(-margin)
 
 
 # ---------------------------------------------------------------------------------------------
