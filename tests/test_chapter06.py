@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_green_mass_finds_a_model_that_favours_the_keys_green_lists():
 # ---------------------------------------------------------------------------------------------
 def test_presets_are_valid_and_the_cpu_data_matches_chapter_04():
     for preset in ("smoke", "cpu", "paper"):
-        ch.validate_params({**load_preset(preset, "06"), "preset": preset, "run_name": ""})
+        ch.Params.check({**load_preset(preset, "06"), "preset": preset, "run_name": ""})
         four = load_preset(preset, "04")
         six = load_preset(preset, "06")
         shared = ("data_config", "model_name", "drop_headings", "tokenize", "vocab_size", "hidden_size", "num_layers",
@@ -157,18 +158,18 @@ def test_presets_are_valid_and_the_cpu_data_matches_chapter_04():
 def test_bad_parameters_give_one_error_listing_all():
     bad = {**P, "arms": ["watermark"], "tokens": [8, 16], "gamma": 1.5, "final_share": 1.0, "seeds": 0}
     with pytest.raises(ParamError) as e:
-        ch.validate_params(bad)
+        ch.Params.check(bad)
     msg = str(e.value)
     for word in ("arms", "gamma", "final_share", "seeds"):
         assert word in msg
     with pytest.raises(ParamError, match="end with block_size"):
-        ch.validate_params({**P, "tokens": [8, 16]})
+        ch.Params.check({**P, "tokens": [8, 16]})
     with pytest.raises(ParamError, match="probe_prompts"):
-        ch.validate_params({**P, "probe_prompts": 300})
+        ch.Params.check({**P, "probe_prompts": 300})
     with pytest.raises(ParamError, match="no model-written block"):
-        ch.validate_params({**P, "crawl_blocks": 4, "final_share": 0.1})
+        ch.Params.check({**P, "crawl_blocks": 4, "final_share": 0.1})
     with pytest.raises(ParamError, match="arms"):
-        ch.validate_params({**P, "arms": ["none", "none"]})
+        ch.Params.check({**P, "arms": ["none", "none"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,8 +252,26 @@ def test_a_run_too_small_to_tell_is_not_visible():
     short = {k: c[:2] for k, c in CURVES.items()}
     v = _verdicts(_result(curves=short), {**P, "generations": 1})
     assert v["crawl-rises"] == NOT_VISIBLE and v["detector-drifts"] == NOT_VISIBLE
-    # a small calibration set cannot test the null distribution
-    assert _verdicts(_result(human_z=np.zeros(20)))["watermark-null"] == NOT_VISIBLE
+    # a small calibration set cannot test the null distribution: 3 standard errors of the variance exceed 1
+    assert _verdicts(_result(human_z=np.zeros(10)))["watermark-null"] == NOT_VISIBLE
+    assert _verdicts(_result(human_z=np.zeros(20)))["watermark-null"] == CONTRADICTED  # variance 0, testable
+
+
+def test_every_claim_states_its_gate_and_a_tiny_crawl_is_not_visible():
+    # a crawl with one model-written block: a powerless detector reaches any AUC criterion by chance too often
+    res = _result()
+    m = res.metrics
+    res.metrics = m.assign(value=np.where(m["metric"] == "n_crawl_synthetic", np.sign(m["value"]), m["value"]))
+    res.metrics.loc[res.metrics["metric"] == "n_crawl", "value"] = 8.0
+    cl = {c.id: c for c in ch.claims(res, P)}
+    for cid in ("watermark-detects", "detector-detects", "detector-drifts"):
+        assert cl[cid].verdict == NOT_VISIBLE, cid
+        assert "1 model-written and 7 human blocks" in cl[cid].gate
+    for c in ch.claims(_result(base=118.5), P) + list(cl.values()):
+        assert c.gate, c.id  # every claim says what it needs, printed beside "not visible at this preset"
+    # the chance gate itself: 6 model-written and 18 human blocks can test AUC 0.99; 2 and 3 cannot
+    assert ch.chance_z(0.99, 6, 18) > ch.CHANCE_Z > ch.chance_z(0.99, 2, 3)
+    assert ch.chance_z(0.5, 6, 18) == 0.0
 
 
 def test_an_arm_left_out_is_not_visible():
@@ -271,12 +290,22 @@ TINY = {**load_preset("smoke", "06"), "preset": "smoke", "run_name": "", "seeds"
         "num_beams": 2, "gen_batch_size": 16, "test_blocks": 8, "valid_blocks": 8, "tokens": [8, 64]}
 
 
-def test_serial_and_parallel_runs_give_identical_numbers(tmp_path):
-    ch.validate_params(TINY)
-    data = ch.prepare_data(TINY)
-    base = ch.prepare_base(TINY, data, tmp_path / "cache", progress=False)
-    serial = ch.run(TINY, data, base, tmp_path / "serial", progress=False)
-    parallel = ch.run({**TINY, "parallel_runs": 2}, data, base, tmp_path / "parallel", progress=False)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny parameters, their data and a base pretrained for them (shared by the run tests)."""
+    p = ch.Params.from_values(TINY)
+    data = ch.prepare_data(p)
+    base = ch.prepare_base(p, data, tmp_path_factory.mktemp("base-cache"), progress=False)
+    return p, data, base
+
+
+def test_serial_and_parallel_runs_give_identical_numbers(tiny, tmp_path):
+    from collapse_utils.core.engine import Loop
+
+    p, data, base = tiny
+    loop = Loop(experiment=ch.experiment(p, data, base), regime="replace", generations=p.generations)
+    serial = ch.run(p, loop, checkpoint_root=tmp_path / "serial", progress=False)
+    parallel = ch.run(p.replace(parallel_runs=2), loop, checkpoint_root=tmp_path / "parallel", progress=False)
     pd.testing.assert_frame_equal(serial.metrics, parallel.metrics)
     pd.testing.assert_frame_equal(serial.bookkeeping, parallel.bookkeeping)
     m = serial.metrics
@@ -292,9 +321,43 @@ def test_serial_and_parallel_runs_give_identical_numbers(tmp_path):
     b = serial.bookkeeping
     assert (b["n_crawl"] == 10).all() and set(b["n_crawl_synthetic"]) == {2, 5}
     assert (b.loc[b["arm"] == "oracle", "n_kept_synthetic"] == 0).all()
+    # the data description names what the training split's blocks are here (no fixed real training set)
+    text = ch.describe_data(data)
+    assert "pool of human blocks" in text and "real training set" not in text
+    # the watermark changes what the model writes: its continuations' perplexity differs from the plain ones'
+    cal = serial.wide().query("arm == 'calibration'")
+    assert (cal["cont_ppl_generator_watermarked"] != cal["cont_ppl_generator_plain"]).all()
     # a rerun resumes from the checkpoints and computes the same numbers
-    again = ch.run(TINY, data, base, tmp_path / "serial", progress=False)
+    again = ch.run(p, loop, checkpoint_root=tmp_path / "serial", progress=False)
     pd.testing.assert_frame_equal(serial.metrics, again.metrics)
+
+
+def test_a_loop_with_a_swapped_experiment_runs_through_the_chapter(tiny, tmp_path):
+    """As a reader would in the notebook: the loop with one piece swapped -- an experiment whose watermark
+    has no strength (delta = 0) -- passed to the chapter's run.  The run completes, and the swapped piece
+    is what ran: the "watermarked" continuations are the plain ones, so they cost nothing and score alike."""
+    from dataclasses import replace
+
+    from collapse_utils.core.engine import Loop
+
+    p, data, base = tiny
+    p = p.replace(seeds=1, arms=["none", "watermark"])
+    settings = replace(ch.arm_settings(p, "watermark"), delta=0.0)
+    loop = Loop(experiment=pv.ProvenanceCollapse(base, data, settings, epochs=p.epochs, lr=p.lr,
+                                                 batch_size=p.batch_size, patience=p.patience,
+                                                 num_beams=p.num_beams, repetition_penalty=p.repetition_penalty,
+                                                 gen_batch_size=p.gen_batch_size),
+                regime="replace", generations=p.generations)
+    res = ch.run(p, loop, checkpoint_root=tmp_path / "ckpt", progress=False)
+    assert set(res.metrics["arm"]) == {"none", "watermark", "calibration"}
+    assert set(res.metrics.query("arm != 'calibration'")["generation"]) == set(range(p.generations + 1))
+    cal = res.wide().query("arm == 'calibration'").iloc[0]
+    assert cal["cont_ppl_generator_watermarked"] == cal["cont_ppl_generator_plain"]
+    assert cal["z_mean_watermarked"] == cal["z_mean_plain"]
+    # a loop whose generations differ from its experiment's crawl plan is refused before any compute
+    with pytest.raises(ValueError, match="crawl plan"):
+        ch.run(p, Loop(experiment=loop.experiment, regime="replace", generations=p.generations + 1),
+               checkpoint_root=tmp_path / "bad", progress=False)
 
 
 @pytest.mark.slow
@@ -302,6 +365,12 @@ def test_chapter_06_smoke_run(smoke_chapter, read_executed, results_tmp):
     text, images = read_executed(smoke_chapter("06"))
     assert "produced with the `smoke` preset" in text
     assert images >= 5
+    # every "not visible" verdict the run prints says what the run would need; no doubled template text;
+    # no absolute path of the build machine in what the page shows
+    outputs = json.dumps([o for c in json.loads(text)["cells"] for o in c.get("outputs", [])])
+    assert "at this preset at this preset" not in text
+    assert outputs.count("not visible at this preset") == outputs.count("not visible at this preset (needs ")
+    assert str(results_tmp) not in outputs and str(Path.cwd()) not in outputs
     run = results_tmp / "06_provenance" / "smoke"
     m = pd.read_csv(run / "metrics.csv")
     assert {"experiment", "regime", "seed", "generation", "metric", "value", "arm"} <= set(m.columns)

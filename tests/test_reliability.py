@@ -25,7 +25,6 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 def _env(**extra) -> dict:
@@ -301,3 +300,101 @@ def test_catalogue_is_published_in_the_readme():
         # and the message shown is one the test accepts (multi-line messages are joined with " — ")
         if not shown.endswith("…") and not any("{" in v for v in env.values()) and "<" not in shown:
             assert re.search(message, shown.replace(" — ", "\n  - "), re.S), f"README message for {what!r}: {shown}"
+
+
+# -- hostile files in a results folder: refused like damaged ones, and no code runs ----------------------
+class _Plant:
+    """A pickle payload: unpickling it calls open(marker, "w"), creating the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Plant(marker)))
+
+
+def test_hostile_checkpoints_in_a_chapter_results_folder_run_no_code(tmp_path):
+    """Chapter 01 (tiny) checkpoints every study; then, in every checkpoint folder, the newest checkpoint is
+    replaced by a pickle that would create a marker file and an older-format ``state-99999.pkl`` pickle is
+    planted.  The rerun names every planted file in a warning, removes it, recomputes from the checkpoint
+    before, ends with the first run's numbers -- and the marker never appears."""
+    import pickle
+    import warnings
+
+    from collapse_utils.chapters import gaussian_theory as ch
+    from collapse_utils.tooling.config import load_preset
+
+    p = ch.Params.from_values({**load_preset("smoke", "01"), "preset": "smoke", "run_name": ""}).replace(
+        seeds=20, generations=20, draws_check_seeds=20, draws_check_generations=10, schedule_generations=20,
+        accumulate_seeds=20, accumulate_generations=20, discrete_seeds=40, discrete_max_generations=400)
+    root, marker = tmp_path / "checkpoints", tmp_path / "marker"
+    first = ch.run(p, checkpoint_root=root, progress=False)
+    pickle.loads(pickle.dumps(_Plant(tmp_path / "live")))  # the payload is live: unpickled, it writes a file
+    assert (tmp_path / "live").exists()
+    planted = []
+    for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+        newest = sorted(folder.glob("state-*.npz"))[-1]
+        _plant(newest, marker)
+        _plant(folder / "state-99999.pkl", marker)
+        planted += [newest, folder / "state-99999.pkl"]
+    assert len(planted) >= 8
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = ch.run(p, checkpoint_root=root, progress=False)
+    shown = "\n".join(str(w.message) for w in caught)
+    for path in planted:
+        assert f"checkpoint {path} is unreadable" in shown and "removing" in shown, path
+        # the pickle is gone (the newest checkpoint was recomputed and written again, as a state file)
+        assert not path.exists() if path.suffix == ".pkl" else path.read_bytes()[:4] == b"PK\x03\x04"
+    assert not marker.exists()
+    for name in ("gaussian", "discrete", "extinction"):
+        pd.testing.assert_frame_equal(getattr(first, name), getattr(again, name))
+
+
+def test_hostile_calibration_cache_runs_no_code(tmp_path, monkeypatch):
+    """Chapter 06's calibration cache (tiny run, one arm, one seed): a pickle planted in its place is named
+    in a warning, removed and recomputed -- the same numbers, and the marker never appears."""
+    import warnings
+
+    from collapse_utils.chapters import provenance as ch
+    from collapse_utils.core.engine import Loop
+    from collapse_utils.models import provenance as pv
+    from collapse_utils.tooling.config import load_preset
+
+    tiny = {**load_preset("smoke", "06"), "preset": "smoke", "run_name": "", "seeds": 1, "generations": 1,
+            "arms": ["none"], "crawl_blocks": 10, "calibration_blocks": 6, "probe_prompts": 4, "base_blocks": 48,
+            "hidden_size": 16, "num_beams": 2, "gen_batch_size": 16, "test_blocks": 8, "valid_blocks": 8,
+            "tokens": [8, 64]}
+    p = ch.Params.from_values(tiny)
+    data = ch.prepare_data(p)
+    base = ch.prepare_base(p, data, tmp_path / "base", progress=False)
+    loop = Loop(experiment=ch.experiment(p, data, base), regime="replace", generations=p.generations)
+    root, marker = tmp_path / "checkpoints", tmp_path / "marker"
+    first = ch.run(p, loop, checkpoint_root=root, progress=False)
+    (cal,) = root.glob("**/calibration-*.npz")
+    _plant(cal, marker)
+    for state in root.glob("**/state-*.npz"):  # so that the rerun needs the calibration again
+        state.unlink()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = ch.run(p, loop, checkpoint_root=root, progress=False)
+    assert any(f"cached calibration {cal} is unreadable" in str(w.message) for w in caught)
+    assert not marker.exists() and cal.exists()  # recomputed and written again, as a state file
+    pd.testing.assert_frame_equal(first.metrics, again.metrics)
+    # and read back from that file (its detectors rebuilt from their arrays), the same numbers again
+    for state in root.glob("**/state-*.npz"):
+        state.unlink()
+    reads = []
+    read = pv.ProvenanceCollapse._read_calibration
+    monkeypatch.setattr(pv.ProvenanceCollapse, "_read_calibration", staticmethod(lambda f: reads.append(f) or read(f)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        third = ch.run(p, loop, checkpoint_root=root, progress=False)
+    assert reads and set(reads) == {cal}  # the detectors came from the file
+    pd.testing.assert_frame_equal(first.metrics, third.metrics)

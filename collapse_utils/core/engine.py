@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import pickle
 import re
 import sys
 import warnings
@@ -38,13 +37,13 @@ from tqdm.auto import tqdm
 from .progress import progress_disabled
 from .regimes import Composition, Regime, parse_regime
 from .seeding import derive_seed, make_rng
-from .storage import atomic_write_bytes, fingerprint, read_cache
+from .storage import atomic_write_bytes, dump_state, fingerprint, load_state, read_cache, state_record
 
 __all__ = ["Loop", "Experiment", "GenerationContext", "RecursionResult", "run_recursion", "atomic_write_bytes",
            "progress_disabled", "source_hash", "Checkpoints", "record_generations"]
 
 
-CHECKPOINT_VERSION = 3
+CHECKPOINT_VERSION = 4  # 4: an .npz state file (numpy arrays + JSON manifest), no pickle
 KEEP_CHECKPOINTS = 2  # the newest two: a damaged newest one costs one generation, not the run
 TIDY_COLUMNS = ["experiment", "regime", "seed", "generation", "metric", "value"]
 
@@ -68,7 +67,9 @@ class Experiment:
     def should_stop(self, model: Any, ctx: GenerationContext) -> bool:
         return False
 
-    # optional: state that must survive a resume (e.g. a generation-0 reference model)
+    # optional: state that must survive a resume (e.g. a generation-0 reference model), made of what a
+    # state file holds (storage.dump_state): numpy arrays and scalars, torch tensors, plain values,
+    # lists, tuples and dicts of them, and dataclasses declared with storage.state_record
     def get_state(self) -> Any:
         return None
 
@@ -157,19 +158,49 @@ def _code_version(cls: type) -> str:
     return f"{cls.__qualname__}-{thread_tag()}"
 
 
-_CKPT_RE = re.compile(r"^state-(\d{5})\.pkl$")
+_CKPT_RE = re.compile(r"^state-(\d{5})\.npz$")
+_PICKLE_RE = re.compile(r"^state(-\d{5})?\.pkl$")  # written by older code (format 3 and older), or planted
+state_record(Composition)  # a checkpoint holds the next generation's training set
+
+# what a checkpoint holds: key -> the type(s) its value must have
+_CHECKPOINT_KEYS = {"complete": bool, "version": int, "fingerprint": str, "code": str, "next_generation": int,
+                    "composition": Composition, "records": list, "books": list, "models": dict,
+                    "experiment_state": object}
 
 
 def _load_state(path: Path) -> dict:
-    state = pickle.loads(path.read_bytes())
-    if not isinstance(state, dict) or "next_generation" not in state:
+    """A checkpoint file, read without running any code from it (:func:`~collapse_utils.core.storage.load_state`),
+    and checked to have the shape this engine writes."""
+    state = load_state(path)
+    if not isinstance(state, dict) or set(state) != set(_CHECKPOINT_KEYS):
         raise ValueError("not a checkpoint of this engine")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
+            raise ValueError(f"not a checkpoint of this engine ({key} is a {type(state[key]).__name__})")
+    for r in state["records"]:
+        if not (isinstance(r, tuple) and len(r) == 3 and type(r[0]) is int and isinstance(r[1], str)
+                and isinstance(r[2], np.ndarray)):
+            raise ValueError("not a checkpoint of this engine (a metrics record is not (generation, metric, values))")
+    if not all(isinstance(b, dict) and type(b.get("generation")) is int for b in state["books"]):
+        raise ValueError("not a checkpoint of this engine (a bookkeeping row without its generation)")
+    if not all(type(g) is int for g in state["models"]):
+        raise ValueError("not a checkpoint of this engine (kept models not keyed by generation)")
     return state
 
 
+def _refuse_pickle(path: Path):
+    raise ValueError("a Python pickle (written by older code, or planted): loading it could run code, so it is "
+                     "never read")
+
+
 class Checkpoints:
-    """A run's checkpoints: ``state-<next generation>.pkl`` files (the newest two are kept) and a
-    plain-text ``journal.log`` saying what each execution did (started, resumed, finished)."""
+    """A run's checkpoints: ``state-<next generation>.npz`` files (the newest two are kept) and a
+    plain-text ``journal.log`` saying what each execution did (started, resumed, finished).
+
+    A checkpoint is a state file (:func:`~collapse_utils.core.storage.dump_state`): the arrays in an
+    ``.npz`` archive read with ``allow_pickle=False``, the rest in a JSON manifest, so reading a
+    results folder someone else wrote never runs code.  Pickles (``state-*.pkl``, written by older
+    code) are never loaded: they are named in a warning, removed, and the run recomputed."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -193,11 +224,12 @@ class Checkpoints:
 
     def load_newest(self) -> dict | None:
         """The newest readable checkpoint; an unreadable one is named in a warning, removed, and the
-        one before it is used (that generation is recomputed)."""
-        legacy = self.folder / "state.pkl"
-        if legacy.exists():  # format 2 and older: written by older code, recomputed
-            warnings.warn(f"checkpoint {legacy} has an older format; recomputing this run", stacklevel=3)
-            legacy.unlink()
+        one before it is used (that generation is recomputed).  A pickle is never read: it is
+        reported and removed like a damaged file."""
+        if self.folder.is_dir():
+            for path in sorted(p for p in self.folder.iterdir() if _PICKLE_RE.match(p.name)):
+                read_cache(path, _refuse_pickle, "checkpoint")
+                self.log(f"pickled checkpoint {path.name} removed (never loaded)")
         for path in self.files():  # truncated, overwritten or foreign: named, removed, the previous one used
             state = read_cache(path, _load_state, "checkpoint")
             if state is None:
@@ -208,8 +240,8 @@ class Checkpoints:
         return None
 
     def save(self, state: dict) -> None:
-        path = self.folder / f"state-{state['next_generation']:05d}.pkl"
-        atomic_write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        path = self.folder / f"state-{state['next_generation']:05d}.npz"
+        atomic_write_bytes(path, dump_state(state))
         for old in self.files()[KEEP_CHECKPOINTS:]:
             old.unlink(missing_ok=True)
 
@@ -278,7 +310,7 @@ def run_recursion(
     sizes: training-set size per generation ``g >= 1`` (int, sequence or function of g);
         default: the size of the real data.  ``accumulate`` adds this many samples per generation.
     record: generations at which ``evaluate`` runs (default: all); 0 and the last always are.
-    checkpoint_dir: where the run checkpoints (``state-<next generation>.pkl``, the newest two kept)
+    checkpoint_dir: where the run checkpoints (``state-<next generation>.npz``, the newest two kept)
         after each ``checkpoint_every`` generations and at the end, and keeps ``journal.log``; the
         newest readable checkpoint of the same run is resumed (an unreadable one is named in a
         warning, removed, and the one before it used), one written by another version of the

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
+import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +45,15 @@ import torch
 
 from ..core.engine import GenerationContext, source_hash
 from .lm import Base, FittedLM, LMCollapse
-from .lm import _sha as _hash
 from .lm_data import LMData, diversity
 from .lm_train import (generate_continuations, get_accelerator, load_model, perplexity_stats, sequence_nll,
                        token_nll)
 from ..core.seeding import make_rng
+from ..core.storage import dump_state, fingerprint, load_state
 from .watermark import GreenList, WatermarkLogitsProcessor, green_share_unique, z_scores
 
 __all__ = ["ARMS", "CrawlPlan", "CrawlSettings", "ProvenanceCollapse", "apply_filter", "auc", "continuation_nll",
-           "crawl_plan", "detector_features", "fit_detector", "green_mass", "green_mass_matrix", "most_surprising", "synthetic_shares", "token_nll",
+           "crawl_plan", "detector_features", "filter_bookkeeping", "kept_blocks", "fit_detector", "green_mass", "green_mass_matrix", "most_surprising", "synthetic_shares", "token_nll",
            "watermark_keep", "weighted_resample"]
 
 EXPERIMENT = "opt_crawl"
@@ -229,6 +229,34 @@ def fit_detector(features: np.ndarray, labels: np.ndarray):
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(features, y)
 
 
+def detector_state(detector) -> dict:
+    """A fitted :func:`fit_detector` as plain values and arrays (its settings and fitted attributes), for a
+    state file; :func:`detector_from_state` rebuilds it, predicting exactly as before, without a pickle."""
+    (_, scaler), (_, logistic) = detector.steps
+    return {"scaler": dict(vars(scaler)), "logistic": dict(vars(logistic))}
+
+
+def detector_from_state(state: dict):
+    """The detector :func:`detector_state` described (settings and fitted attributes checked by name)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def rebuild(cls, attrs):
+        params = set(cls().get_params())
+        if not isinstance(attrs, dict) or not params <= set(attrs) or not all(
+                isinstance(k, str) and (k in params or re.fullmatch(r"[a-z][a-z0-9_]*_", k)) for k in attrs):
+            raise ValueError(f"not a stored {cls.__name__}")
+        est = cls(**{k: attrs[k] for k in params})
+        for k in set(attrs) - params:
+            setattr(est, k, attrs[k])
+        return est
+
+    if not isinstance(state, dict) or set(state) != {"scaler", "logistic"}:
+        raise ValueError("not a stored detector")
+    return make_pipeline(rebuild(StandardScaler, state["scaler"]), rebuild(LogisticRegression, state["logistic"]))
+
+
 def auc(labels, scores) -> float:
     """Area under the ROC curve (machine = 1 is the positive class; higher score = more machine-like);
     nan when one class is missing."""
@@ -277,32 +305,37 @@ def most_surprising(nll: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[: int(k)])
 
 
-def apply_filter(arm: str, labels: np.ndarray, *, z=None, z_threshold: float = 4.0, p_machine=None,
-                 surprise=None, bias: float = 1.0, repeats: int = 3, rng=None) -> tuple[np.ndarray, dict]:
-    """The training set an arm keeps from a crawl (``labels``: 1 = model-written) and its bookkeeping:
-    crawl size and synthetic count, blocks kept (copies counted), model-written blocks kept, blocks
-    dropped and human blocks among them, distinct blocks kept and the most copies of one block."""
+def kept_blocks(arm: str, labels: np.ndarray, *, z=None, z_threshold: float = 4.0, p_machine=None,
+                surprise=None, bias: float = 1.0, repeats: int = 3, rng=None) -> np.ndarray:
+    """The blocks of a crawl that an arm trains on (indices; a block drawn twice appears twice).
+    ``labels``: 1 = model-written, known only to the oracle; the other filters see only their scores."""
+    labels = np.asarray(labels).astype(int)
+    if arm == "none":          # the whole crawl
+        return np.arange(len(labels))
+    if arm == "oracle":        # exactly the human blocks
+        return np.flatnonzero(labels == 0)
+    if arm == "watermark":     # drop every block whose z-score says "watermarked"
+        if z is None:
+            raise ValueError("the watermark filter needs z-scores")
+        return watermark_keep(z, z_threshold)
+    if arm == "detector":      # Drayson et al.: resample with weights (1 - p_machine) ** bias
+        if p_machine is None or rng is None:
+            raise ValueError("the detector's resampling needs p_machine and a random generator")
+        return weighted_resample(p_machine, len(labels), bias, repeats, rng)
+    if arm == "surplexity":    # Gambetta et al.: the most surprising blocks, as many as the crawl has human ones
+        if surprise is None:
+            raise ValueError("the surplexity filter needs the previous model's losses")
+        return most_surprising(surprise, int((labels == 0).sum()))
+    raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+
+
+def filter_bookkeeping(labels: np.ndarray, idx: np.ndarray) -> dict:
+    """What a filter did to a crawl: crawl size and synthetic count, blocks kept (copies counted),
+    model-written blocks kept, blocks dropped and human blocks among them, distinct blocks kept and the
+    most copies of one block."""
     labels = np.asarray(labels).astype(int)
     n = len(labels)
     n_human = int((labels == 0).sum())
-    if arm == "none":
-        idx = np.arange(n)
-    elif arm == "oracle":
-        idx = np.flatnonzero(labels == 0)
-    elif arm == "watermark":
-        if z is None:
-            raise ValueError("the watermark filter needs z-scores")
-        idx = watermark_keep(z, z_threshold)
-    elif arm == "detector":
-        if p_machine is None or rng is None:
-            raise ValueError("the detector's resampling needs p_machine and a random generator")
-        idx = weighted_resample(p_machine, n, bias, repeats, rng)
-    elif arm == "surplexity":
-        if surprise is None:
-            raise ValueError("the surplexity filter needs the previous model's losses")
-        idx = most_surprising(surprise, n_human)
-    else:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     uniq, copies = np.unique(idx, return_counts=True)
     dropped = np.setdiff1d(np.arange(n), uniq)
     book = {"n_crawl": n, "n_crawl_synthetic": int(n - n_human), "n_kept": int(len(idx)),
@@ -310,6 +343,14 @@ def apply_filter(arm: str, labels: np.ndarray, *, z=None, z_threshold: float = 4
             "n_dropped_human": int((labels[dropped] == 0).sum()), "n_unique": int(len(uniq)),
             "max_copies": int(copies.max()) if len(copies) else 0}
     book["kept_synthetic_share"] = book["n_kept_synthetic"] / book["n_kept"] if book["n_kept"] else float("nan")
+    return book
+
+
+def apply_filter(arm: str, labels: np.ndarray, **scores) -> tuple[np.ndarray, dict]:
+    """The training set an arm keeps from a crawl (:func:`kept_blocks`) and its bookkeeping
+    (:func:`filter_bookkeeping`); a filter that keeps nothing is an error."""
+    idx = kept_blocks(arm, labels, **scores)
+    book = filter_bookkeeping(labels, idx)
     if len(idx) == 0:
         raise RuntimeError(f"the {arm} filter dropped every block of the crawl")
     return idx, book
@@ -372,10 +413,12 @@ class ProvenanceCollapse(LMCollapse):
     name = EXPERIMENT
 
     def __init__(self, base: Base, data: LMData, settings: CrawlSettings, epochs: int, lr: float, batch_size: int,
-                 num_beams: int, repetition_penalty: float, gen_batch_size: int, model_dir: str | os.PathLike,
-                 progress: bool = False, patience: int = 0):
+                 num_beams: int, repetition_penalty: float, gen_batch_size: int,
+                 model_dir: str | os.PathLike | None = None, progress: bool = False, patience: int = 0):
         super().__init__(base, data, epochs, lr, batch_size, num_beams, repetition_penalty, gen_batch_size,
-                         len(data.train), 0, model_dir, progress=progress, patience=patience)
+                         len(data.train), 0, "." if model_dir is None else model_dir, progress=progress,
+                         patience=patience)
+        self.model_dir = None if model_dir is None else Path(model_dir)  # set by with_arm before a run
         self.settings = settings
         self.state = {"gen0_path": None, "fits": {}, "books": {}, "pending": {}, "scores": {}, "examples": {},
                       "timing": []}
@@ -384,6 +427,16 @@ class ProvenanceCollapse(LMCollapse):
         self._plan = None
         self._calib = None
         self._ref_mass = None
+
+    def with_arm(self, arm: str, model_dir: str | os.PathLike | None = None,
+                 progress: bool | None = None) -> ProvenanceCollapse:
+        """A fresh experiment like this one (same class, base, data, crawl, watermark, training and decoding)
+        that filters its crawls by ``arm``; ``model_dir`` (where fitted models are cached) and ``progress``
+        replace this one's when given."""
+        return type(self)(self.base, self.data, replace(self.settings, arm=arm), self.epochs, self.lr,
+                          self.batch_size, self.num_beams, self.repetition_penalty, self.gen_batch_size,
+                          self.model_dir if model_dir is None else model_dir,
+                          progress=self.progress if progress is None else progress, patience=self.patience)
 
     # -- helpers -------------------------------------------------------------------------------
     @contextmanager
@@ -428,7 +481,7 @@ class ProvenanceCollapse(LMCollapse):
         path = model.path if isinstance(model, FittedLM) else str(model)
         s = self.settings
         wm = {"gamma": s.gamma, "delta": s.delta, "key": s.key} if watermark else None
-        key = _hash({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
+        key = fingerprint({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
                      "watermark": wm, "code": _code_key(), "threads": thread_tag()}, prompts)
         cached = Path(path) / f"provenance-{key}.pt"
         proc = [WatermarkLogitsProcessor(self.green, s.delta)] if watermark else None
@@ -451,16 +504,26 @@ class ProvenanceCollapse(LMCollapse):
             return self._calib
         s, plan, pool = self.settings, self.plan(seed), self.data.train
         human, prompts = pool[torch.as_tensor(plan.calib_human)], pool[torch.as_tensor(plan.calib_prompts)]
-        key = _hash({"s": [s.gamma, s.delta, s.key, list(s.tokens), s.z_threshold], "beams": self.num_beams,
+        key = fingerprint({"s": [s.gamma, s.delta, s.key, list(s.tokens), s.z_threshold], "beams": self.num_beams,
                      "penalty": self.repetition_penalty, "code": _module_key(),
                      "gen": _code_key(), "threads": thread_tag(), "base": self.base.fingerprint}, human, prompts)
-        cached = Path(model0.path) / f"calibration-{key}.pkl"
-        hit = read_cache(cached, lambda f: pickle.loads(f.read_bytes()), "cached calibration")
+        cached = Path(model0.path) / f"calibration-{key}.npz"  # a state file: read back without running code
+        hit = read_cache(cached, self._read_calibration, "cached calibration")
         if hit is None:
             hit = self._calibrate(model0, human, prompts)
-            atomic_write_bytes(cached, pickle.dumps(hit, protocol=pickle.HIGHEST_PROTOCOL))
+            atomic_write_bytes(cached, dump_state({**hit, "detectors": {t: detector_state(d)
+                                                                        for t, d in hit["detectors"].items()}}))
         self._calib = hit
         return hit
+
+    @staticmethod
+    def _read_calibration(path: Path) -> dict:
+        hit = load_state(path)
+        if (not isinstance(hit, dict) or set(hit) != {"model", "metrics", "detectors", "rows"}
+                or not isinstance(hit["model"], str) or not isinstance(hit["metrics"], dict)
+                or not isinstance(hit["detectors"], dict) or not isinstance(hit["rows"], list)):
+            raise ValueError("not a calibration of this code")
+        return {**hit, "detectors": {t: detector_from_state(d) for t, d in hit["detectors"].items()}}
 
     def _calibrate(self, model0: FittedLM, human: torch.Tensor, prompts: torch.Tensor) -> dict:
         s = self.settings
@@ -497,6 +560,9 @@ class ProvenanceCollapse(LMCollapse):
     # -- protocol -------------------------------------------------------------------------------
     def fit(self, data: torch.Tensor, ctx: GenerationContext) -> FittedLM:
         """Chapter 04's fine-tune (cached by content); its time is recorded when it was computed here."""
+        if self.model_dir is None:
+            raise ValueError("this experiment has no model_dir to cache its fitted models in: run it through the "
+                             "chapter's run(), or build it with model_dir=... (or .with_arm(arm, model_dir=...))")
         w, c = time.perf_counter(), time.process_time()
         out = super().fit(data, ctx)
         wall = time.perf_counter() - w

@@ -48,6 +48,24 @@ class _Params:
     key: int
 
 
+def _check_green_list(vocab_size, gamma, key) -> None:
+    """One ValueError listing every problem with a green list's arguments."""
+    problems = []
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 2:
+        problems.append(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < float(gamma) < 1.0:
+        problems.append(f"gamma must lie strictly between 0 and 1, got {gamma!r}")
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < 2**63:
+        problems.append(f"key must be an integer in [0, 2**63), got {key!r}")
+    if not problems:
+        n_green = int(round(float(gamma) * int(vocab_size)))
+        if not 1 <= n_green <= int(vocab_size) - 1:
+            problems.append(f"gamma={gamma} of a {vocab_size}-token vocabulary leaves {n_green} green tokens; "
+                            "it must leave at least one green and one red token")
+    if problems:
+        raise ValueError("invalid watermark: " + "; ".join(problems))
+
+
 class GreenList:
     """The green lists of one key: ``gamma`` of a ``vocab_size``-token vocabulary after every token.
 
@@ -56,26 +74,13 @@ class GreenList:
     """
 
     def __init__(self, vocab_size: int, gamma: float = 0.25, key: int = 15485863):
-        problems = []
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 2:
-            problems.append(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < float(gamma) < 1.0:
-            problems.append(f"gamma must lie strictly between 0 and 1, got {gamma!r}")
-        if isinstance(key, bool) or not isinstance(key, (int, np.integer)) or not 0 <= int(key) < 2**63:
-            problems.append(f"key must be an integer in [0, 2**63), got {key!r}")
-        if not problems:
-            n_green = int(round(float(gamma) * int(vocab_size)))
-            if not 1 <= n_green <= int(vocab_size) - 1:
-                problems.append(f"gamma={gamma} of a {vocab_size}-token vocabulary leaves {n_green} green tokens; "
-                                "it must leave at least one green and one red token")
-        if problems:
-            raise ValueError("invalid watermark: " + "; ".join(problems))
+        _check_green_list(vocab_size, gamma, key)
         self.params = _Params(int(vocab_size), float(gamma), int(key))
         self.vocab_size = int(vocab_size)
-        self.n_green = int(round(float(gamma) * self.vocab_size))
+        self.n_green = int(round(float(gamma) * self.vocab_size))  # every green list has exactly this many tokens
         gen = torch.Generator().manual_seed(int(key))
-        self.rank = torch.randperm(self.vocab_size, generator=gen)
-        self.shift = torch.randint(0, self.vocab_size, (self.vocab_size,), generator=gen)
+        self.rank = torch.randperm(self.vocab_size, generator=gen)  # the key's random order of the vocabulary
+        self.shift = torch.randint(0, self.vocab_size, (self.vocab_size,), generator=gen)  # one offset per token
         self._on: dict = {}
 
     @property
