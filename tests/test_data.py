@@ -226,8 +226,8 @@ def test_all_sources_failing_lists_each_reason(tmp_path, monkeypatch, empty_look
     with pytest.raises(DataError) as err:
         dataset_file("tiny", "b.txt", download=True)
     msg = str(err.value)
-    assert "the download failed" in msg and "HTTPError: HTTP Error 404" in msg
-    assert "http://127.0.0.1:9/b.txt: URLError" in msg
+    assert "the download failed" in msg and f"{server.base}/gone/b.txt: HTTPError: HTTP 404 Not Found" in msg
+    assert "http://127.0.0.1:9/b.txt: ConnectionError" in msg and "Connection refused" in msg
     assert _leftovers(empty_lookup) == []
 
 
@@ -334,3 +334,13 @@ def test_fetch_command(tmp_path, monkeypatch, empty_lookup, server, capsys):
     assert _leftovers(empty_lookup) == ["a.txt", "b.txt"]
     assert cu_data.main(["fetch", "nope"]) == 2
     assert "error: unknown dataset 'nope'; registered:" in capsys.readouterr().err
+
+
+def test_unwritable_cache_is_said_not_taken_for_a_network_fault(tmp_path, monkeypatch, empty_lookup, server):
+    _tiny(tmp_path, monkeypatch, [{"url": server.base + "/{file}"}])
+    server.files["/a.txt"] = GOOD
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("COLLAPSE_CACHE_DIR", str(blocker))
+    with pytest.raises(DataError, match=r"cannot write a.txt of dataset 'tiny' into the cache .*COLLAPSE_CACHE_DIR"):
+        dataset_file("tiny", "a.txt", download=True)

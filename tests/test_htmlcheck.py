@@ -9,7 +9,11 @@ import pytest
 from collapse_utils.tooling import htmlcheck
 
 CHROMIUM = htmlcheck.find_chromium()
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+try:
+    import playwright.sync_api  # noqa: F401 - the [book] extra drives the browser
+except ImportError:
+    CHROMIUM = None
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium or no Playwright on this machine")
 
 
 def _mathjax_dir() -> Path | None:
@@ -101,13 +105,15 @@ def test_browser_sees_what_parsing_cannot(site):
         pytest.skip("no local MathJax")
     _add_page(site, '<p><span class="math">\\(x^1^2\\)</span> <span class="math">\\(\\nosuchmacro x\\)</span></p>'
                     '<script>undefinedFunction()</script>'
-                    '<link rel="stylesheet" href="https://cdn.example.org/x.css">')
+                    '<link rel="stylesheet" href="https://cdn.example.org/x.css">'
+                    '<script>new WebSocket("ws://example.org/live")</script>')
     assert htmlcheck.check(site, static=True) == []
     found = htmlcheck.check(site)
     assert "bad.html: maths error: Double exponent: use braces to clarify" in found, found
     assert "bad.html: maths error: undefined macro \\nosuchmacro" in found, found
     assert any(x.startswith("bad.html: script error: ReferenceError") for x in found), found
     assert "bad.html: network request (the book must render offline): https://cdn.example.org/x.css" in found
+    assert "bad.html: network request (the book must render offline): ws://example.org/live" in found
 
 
 @needs_chromium
@@ -122,6 +128,15 @@ def test_redirect_page_target_is_checked(site):
     (site / "start.html").write_text('<meta http-equiv="Refresh" content="0; url=gone/intro.html" />')
     assert htmlcheck.check(site, static=True) == [
         "start.html: broken link 'gone/intro.html': target file missing"]
+
+
+@needs_chromium
+def test_browser_follows_redirects_and_a_failed_one_stays_on_its_page(site):
+    """A redirect that lands passes; one that fails is said once, on its own page, not on the page after it."""
+    (site / "a-redirect.html").write_text('<meta http-equiv="Refresh" content="0; url=other.html#results" />')
+    (site / "start.html").write_text('<meta http-equiv="Refresh" content="0; url=gone/intro.html" />')
+    found = _check(site, "browser")
+    assert found == ["start.html: page did not load: did not redirect to gone/intro.html"], found
 
 
 def test_cli_exit_status_and_lines(site, tmp_path, capsys):

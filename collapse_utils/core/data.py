@@ -11,7 +11,12 @@ Lookup order for a dataset's file (DESIGN.md):
 3. the cache: ``COLLAPSE_CACHE_DIR``, else ``data/cache/`` in a writable checkout, else
    ``~/.cache/collapse_utils``,
 4. only when ``download=True`` (and ``COLLAPSE_OFFLINE`` is not set): the registry's sources, in
-   order, downloaded into the cache.  A download is written only when its sha256 is right.
+   order, downloaded into the cache.  A download is written only when its sha256 is right: a
+   ``url`` source goes through ``pooch.retrieve`` (a temporary file in the cache, renamed only when
+   its ``known_hash`` matches); a ``zip`` archive is read in memory through pooch's HTTP downloader
+   and each registered member is checked before it is written.  ``COLLAPSE_DATA_MIRROR`` (a base URL)
+   puts one more ``url`` source before the registry's: ``<base>/<dataset>/<file>``, the layout of a
+   ``COLLAPSE_DATA_DIR`` folder served over HTTP (the Colab test, tests/test_colab.py, serves one).
 
 Every file is checked against its sha256 before use; a missing or corrupt file raises
 :class:`DataError` naming the file, the expected checksum and how to provide it.
@@ -25,7 +30,6 @@ import hashlib
 import io
 import os
 import sys
-import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,22 +211,28 @@ def _candidates(name: str, path: str | os.PathLike | None) -> list[Path]:
     return out
 
 
+def download_sources(ds: Dataset) -> tuple[dict, ...]:
+    """The download sources of ``ds`` in order: a ``COLLAPSE_DATA_MIRROR`` base URL first, when set
+    (``<base>/<dataset>/<file>``, checked like any source), then the registry's."""
+    base = os.environ.get("COLLAPSE_DATA_MIRROR", "").strip().rstrip("/")
+    return (({"url": f"{base}/{ds.name}/{{file}}"},) if base else ()) + tuple(ds.sources)
+
+
 def downloads_disabled() -> bool:
     """True when COLLAPSE_OFFLINE is set: ``download=True`` then only looks (the test suite sets it)."""
     return os.environ.get("COLLAPSE_OFFLINE", "").strip().lower() in _TRUE
 
 
 # --------------------------------------------------------------------------------------------
-# downloads
+# downloads (pooch: HTTP, a temporary file in the cache, the sha256 check, then the rename)
 # --------------------------------------------------------------------------------------------
-NEWLINE = b"\n"
-USER_AGENT = "Mozilla/5.0 (compatible; collapse_utils dataset download)"  # some hosts refuse Python-urllib
+USER_AGENT = "Mozilla/5.0 (compatible; collapse_utils dataset download)"  # some hosts refuse python-requests
 
 
-def _http_get(url: str, timeout: float = 60.0) -> bytes:
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.read()
+def _http():
+    import pooch
+
+    return pooch.HTTPDownloader(headers={"User-Agent": USER_AGENT}, timeout=60, chunk_size=1 << 16)
 
 
 def _hf_rows(path: str, config: str, split: str) -> list[str]:
@@ -248,18 +258,42 @@ def rows_to_text(rows) -> bytes:
     return "".join(out).encode("utf-8")
 
 
-def _from_source(src: dict, ds: Dataset, wanted: str) -> dict[str, bytes]:
-    """{file: bytes} that one source gives (the wanted file, plus any others one archive holds)."""
-    if "url" in src:
-        remote = (src.get("names") or {}).get(wanted, wanted)
-        return {wanted: _http_get(src["url"].format(file=remote))}
-    if "zip" in src:
-        members = src["members"]
-        with zipfile.ZipFile(io.BytesIO(_http_get(src["zip"]))) as zf:
-            names = set(zf.namelist())
-            return {f: zf.read(m) for f, m in members.items() if m in names}
-    hf = src["hf_datasets"]
-    return {wanted: rows_to_text(_hf_rows(hf["path"], hf["config"], src["splits"][wanted]))}
+def _rejected(where: str, ds: Dataset, fname: str, payload: bytes) -> str:
+    """Why a download of ``fname`` was refused: its sha256, size and (text files) line count."""
+    n_lines = payload.count(b"\n")
+    lines = f", {n_lines:,} lines where {ds.lines[fname]:,} are expected" if fname in ds.lines else ""
+    return (f"{where}: {fname} arrived with sha256 {hashlib.sha256(payload).hexdigest()}, expected "
+            f"{ds.files[fname]} ({len(payload):,} bytes{lines}); rejected, nothing was written")
+
+
+def _retrieve(url: str, ds: Dataset, fname: str, dest_dir: Path) -> str | None:
+    """Download one file into ``dest_dir`` with pooch, which keeps it only when its sha256 is right;
+    None when it did, else why it was refused."""
+    import pooch
+
+    http, arrived = _http(), []
+
+    def download(url, output_file, pooch_obj):  # pooch's HTTP download; what arrived is kept for the message
+        http(url, output_file, pooch_obj)
+        arrived.append(Path(output_file).read_bytes())
+
+    try:
+        pooch.retrieve(url, known_hash=f"sha256:{ds.files[fname]}", fname=fname, path=dest_dir,
+                       downloader=download, progressbar=False)
+    except ValueError:  # pooch's hash check failed (and it deleted the download)
+        if not arrived:
+            raise
+        return _rejected(url, ds, fname, arrived[-1])
+    return None
+
+
+def _archive_members(src: dict) -> dict[str, bytes]:
+    """{file: bytes} of the registered members of a zip source, downloaded into memory."""
+    buf = io.BytesIO()
+    _http()(src["zip"], buf, None)
+    with zipfile.ZipFile(buf) as zf:
+        names = set(zf.namelist())
+        return {f: zf.read(m) for f, m in src["members"].items() if m in names}
 
 
 def _covers(src: dict, fname: str) -> bool:
@@ -272,33 +306,48 @@ def _covers(src: dict, fname: str) -> bool:
 
 def _download(ds: Dataset, fname: str, dest_dir: Path) -> tuple[Path | None, list[str]]:
     """Try the sources in order; write verified files into ``dest_dir``.  (path or None, reasons)."""
+    import requests
+
     from .storage import atomic_write_bytes
 
     reasons = []
-    for src in ds.sources:
+    for src in download_sources(ds):
         if not _covers(src, fname):
             continue
         where = (src["url"].format(file=(src.get("names") or {}).get(fname, fname)) if "url" in src
                  else _describe(src))
         try:
-            got = _from_source(src, ds, fname)
+            if "url" in src:
+                refused = _retrieve(where, ds, fname, dest_dir)
+                if refused is None:
+                    return dest_dir / fname, reasons
+                reasons.append(refused)
+                continue
+            if "zip" in src:
+                got = _archive_members(src)
+            else:
+                hf = src["hf_datasets"]
+                got = {fname: rows_to_text(_hf_rows(hf["path"], hf["config"], src["splits"][fname]))}
         except ImportError as exc:
             reasons.append(f"{where}: needs the package {exc.name or exc} (pip install datasets)")
             continue
-        except Exception as exc:  # network, HTTP, archive or Hugging Face errors: say so, try the next source
+        except requests.RequestException as exc:  # an OSError too, but a network one: try the next source
+            resp = exc.response
+            said = f"HTTP {resp.status_code} {resp.reason}" if resp is not None else str(exc)
+            reasons.append(f"{where}: {type(exc).__name__}: {said}")
+            continue
+        except OSError:  # the cache cannot be written
+            raise
+        except Exception as exc:  # HTTP, archive or Hugging Face errors: say so, try the next source
             reasons.append(f"{where}: {type(exc).__name__}: {exc}")
             continue
         if fname not in got:
             reasons.append(f"{where}: the download has no {fname}")
         ok = False
         for f, payload in got.items():
-            sha = hashlib.sha256(payload).hexdigest()
-            if sha != ds.files[f]:
+            if hashlib.sha256(payload).hexdigest() != ds.files[f]:
                 if f == fname:
-                    n_lines = payload.count(NEWLINE)
-                    lines = f", {n_lines:,} lines where {ds.lines[f]:,} are expected" if f in ds.lines else ""
-                    reasons.append(f"{where}: {fname} arrived with sha256 {sha}, expected {ds.files[f]} "
-                                   f"({len(payload):,} bytes{lines}); rejected, nothing was written")
+                    reasons.append(_rejected(where, ds, f, payload))
                 continue
             if f == fname or not (dest_dir / f).exists():
                 atomic_write_bytes(dest_dir / f, payload)  # a verified file; other archive members too
@@ -322,7 +371,7 @@ def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, d
             _verify(f, ds.files[fname], ds, fname)
             return f
     reasons: list[str] = []
-    if download and ds.sources and not downloads_disabled():
+    if download and download_sources(ds) and not downloads_disabled():
         dest = cache_dir() / name
         try:
             got, reasons = _download(ds, fname, dest)
@@ -336,7 +385,7 @@ def dataset_file(name: str, fname: str, path: str | os.PathLike | None = None, d
     env = os.environ.get("COLLAPSE_DATA_DIR")
     bad_env = (f"COLLAPSE_DATA_DIR={env} is not a folder (point it at the folder that holds the dataset "
                f"folders: {', '.join(sorted(REGISTRY))}, or unset it); ") if env and not Path(env).is_dir() else ""
-    if not ds.sources:
+    if not download_sources(ds):
         tail = "."
     elif reasons:
         tail = "; the download failed -- " + "; ".join(reasons) + "."

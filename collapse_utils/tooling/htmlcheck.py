@@ -3,9 +3,9 @@
     python -m collapse_utils.tooling.htmlcheck _build/html            # exit 1, one line per problem
     python -m collapse_utils.tooling.htmlcheck _build/html --static   # no browser: the checks Python can do alone
 
-Chromium is driven over its DevTools protocol through a pipe (``--remote-debugging-pipe``: JSON messages
-separated by NUL bytes on file descriptors 3 and 4), so nothing beyond the standard library is needed.
-Every http(s)/ws request is blocked and reported: the book must render from its own files.
+The system's Chromium (``$CHROMIUM``, else ``chromium`` on PATH; Playwright never downloads a browser here)
+is driven by Playwright's Python API (the ``[book]`` extra; Colab never needs it).  Every http(s)/ws request
+is blocked (a route aborts it) and reported: the book must render from its own files.
 
 What the browser establishes, per page: the page loads; no script throws; no local resource (script,
 stylesheet, font, image) fails to load; no request leaves the machine; MathJax typesets every ``.math``
@@ -14,23 +14,18 @@ is left in the rendered text; every ``<img>`` is complete with ``naturalWidth > 
 from the hrefs and element ids the browser reported, that every local link's target file exists inside
 the build and that every ``#fragment`` names an element of the target page.
 
-``--static`` (and the unit tests on machines without Chromium) gathers the same facts by parsing the HTML
+``--static`` (and the unit tests on machines without Chromium or Playwright) gathers the same facts by parsing the HTML
 files: raw TeX outside the ``.math`` elements MathJax would process, image files that exist and decode,
 and the same link rules; it cannot say whether MathJax ran or scripts failed.
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import html.parser
-import json
 import os
 import re
-import select
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,104 +173,61 @@ class BrowserError(RuntimeError):
     pass
 
 
-class Chromium:
-    """A headless Chromium driven over the DevTools protocol on a pipe (fd 3 in, fd 4 out)."""
+#: Chromium flags beside Playwright's own: no GPU, and no name resolves, so nothing can leave the machine
+#: even where a request slipped past the route that blocks http(s)
+FLAGS = ["--disable-gpu", "--allow-file-access-from-files", "--host-resolver-rules=MAP * ~NOTFOUND"]
+EXTERNAL = re.compile(r"^(https?|wss?)://", re.I)
 
-    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-             "--allow-file-access-from-files", "--host-resolver-rules=MAP * ~NOTFOUND",
-             "--remote-debugging-pipe"]
+
+class Chromium:
+    """A headless Chromium (the system's, never a downloaded one) driven by Playwright; every http(s)
+    request is aborted by a route and noted."""
 
     def __init__(self, executable: str):
-        self.profile = tempfile.mkdtemp(prefix="htmlcheck-profile-")
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        # the child reads commands on fd 3 and writes replies on fd 4. Its ends are first copied to
-        # numbers >= 10 (close-on-exec) so that putting them on 3 and 4 cannot overwrite one another;
-        # close_fds=False is safe because Python's own descriptors are all close-on-exec (PEP 446).
-        child_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD_CLOEXEC, 10)
-        child_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD_CLOEXEC, 10)
-        for fd in (to_child_r, from_child_w):
-            os.close(fd)
+        try:
+            from playwright.sync_api import Error, sync_playwright
+        except ImportError:
+            raise BrowserError("the browser check needs Playwright (pip install playwright, or the [book] extra); "
+                               "--static checks without a browser") from None
+        self.Error = Error
+        self._pw = sync_playwright().start()
+        try:
+            self.browser = self._pw.chromium.launch(executable_path=executable, args=FLAGS, timeout=PAGE_TIMEOUT * 1000)
+        except Error as e:
+            self._pw.stop()
+            raise BrowserError(f"cannot start {executable}: {e.message.splitlines()[0]}") from None
+        self.context = self.browser.new_context()
+        self.context.set_default_timeout(PAGE_TIMEOUT * 1000)
+        self.context.route(EXTERNAL, self._block)
+        self.tab = self.context.new_page()  # one tab for every page: a new tab per page costs ~0.3 s more each
+        self.external: list[str] = []  # what the current page asked of the network (blocked)
+        self.failed: list[tuple[str, str]] = []  # (url, why) of its requests that failed
+        self.js_errors: list[str] = []  # its uncaught exceptions
+        self.tab.on("requestfailed", self._failed)
+        self.tab.on("pageerror", lambda e: self.js_errors.append(e.stack or f"{e.name}: {e.message}"))
+        self.tab.on("websocket", lambda ws: self.external.append(ws.url))
 
-        def onto_3_and_4():  # runs in the child between fork and exec
-            os.dup2(child_r, 3)
-            os.dup2(child_w, 4)
+    def _block(self, route):
+        self.external.append(route.request.url)
+        route.abort("blockedbyclient")
 
-        self.proc = subprocess.Popen(
-            [executable, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            close_fds=False, preexec_fn=onto_3_and_4)
-        os.close(child_r)
-        os.close(child_w)
-        self._buf = b""
-        self._next_id = 0
-        self.events: list[dict] = []
-        targets = self.call("Target.getTargets")["targetInfos"]
-        page = next((t for t in targets if t["type"] == "page"), None)
-        target_id = page["targetId"] if page else self.call("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.call("Target.attachToTarget", targetId=target_id, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Network"):
-            self.call(f"{domain}.enable", session=self.session)
-        self.call("Network.setBlockedURLs", session=self.session,
-                  urls=["http://*", "https://*", "ws://*", "wss://*"])
-        self.call("Network.setCacheDisabled", session=self.session, cacheDisabled=True)
+    def _failed(self, request):
+        # a page's own navigation is said as a load or redirect failure (its event can come in late, on
+        # the next page); subresources and frames are what fails to load
+        if not (request.is_navigation_request() and request.frame.parent_frame is None):
+            self.failed.append((request.url, request.failure or "?"))
 
-    def _read_message(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BrowserError("timed out waiting for Chromium")
-            ready, _, _ = select.select([self._from_child], [], [], left)
-            if ready:
-                chunk = os.read(self._from_child, 1 << 20)
-                if not chunk:
-                    raise BrowserError(f"Chromium exited (status {self.proc.poll()})")
-                self._buf += chunk
-        raw, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(raw)
-
-    def call(self, method: str, session: str | None = None, timeout: float = PAGE_TIMEOUT, **params) -> dict:
-        self._next_id += 1
-        msg = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._to_child, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise BrowserError(f"{method}: {reply['error'].get('message')}")
-                return reply.get("result", {})
-            if "method" in reply:
-                self.events.append(reply)
-
-    def wait_event(self, method: str, timeout: float = PAGE_TIMEOUT) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, ev in enumerate(self.events):
-                if ev["method"] == method:
-                    return self.events.pop(i)
-            self.events.append(self._read_message(deadline))
+    def forget(self):
+        """Start the record of a new page."""
+        for record in (self.external, self.failed, self.js_errors):
+            record.clear()
 
     def close(self):
-        try:
-            self.call("Browser.close", timeout=5)
-        except (BrowserError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for fd in (self._to_child, self._from_child):
+        for step in (self.context.close, self.browser.close, self._pw.stop):
             try:
-                os.close(fd)
-            except OSError:
+                step()
+            except Exception:  # noqa: BLE001 - closing a browser that already went away
                 pass
-        shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -286,7 +238,7 @@ class Chromium:
 
 # run in the page after its load event: wait for MathJax and images, then report what the reader sees
 _COLLECT_JS = r"""
-(async (limitMs) => {
+async ([limitMs, skipTags]) => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
   const t0 = Date.now();
   const wantsMath = !!document.querySelector('script[src*="mathjax" i]');
@@ -299,7 +251,7 @@ _COLLECT_JS = r"""
   imgs.forEach(img => { img.loading = 'eager'; });
   await Promise.all(imgs.map(img => img.complete ? null : new Promise(r => {
     img.addEventListener('load', r); img.addEventListener('error', r); setTimeout(r, limitMs); })));
-  const skip = new Set(%s);
+  const skip = new Set(skipTags);
   const texts = [];
   const walker = document.createTreeWalker(document.body || document.documentElement, NodeFilter.SHOW_TEXT);
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
@@ -323,47 +275,44 @@ _COLLECT_JS = r"""
     ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id)
           .concat(Array.from(document.querySelectorAll('a[name]')).map(a => a.getAttribute('name'))),
   };
-})(%d)
-""" % (json.dumps(NON_PROSE), int(PAGE_TIMEOUT * 1000 / 2))
+}
+"""
+
+
+def _follow_redirect(browser: Chromium, page: Path, facts: PageFacts) -> PageFacts:
+    """Open a redirect page in a tab of its own (closed after: a failed redirect settles late) and wait
+    until the browser lands on its target."""
+    want, _, _ = _target(page.parent, page, facts.refresh)
+    tab = browser.context.new_page()
+    try:
+        tab.goto(page.as_uri())
+        tab.wait_for_url(lambda url: bool(want) and url.split("#")[0] == want.as_uri(), timeout=10_000)
+    except browser.Error:
+        facts.load_error = f"did not redirect to {facts.refresh}"
+    finally:
+        tab.close()
+    return facts
 
 
 def browser_facts(browser: Chromium, page: Path) -> PageFacts:
     """Open one page in the browser and collect what the reader would meet."""
     page = Path(page).resolve()
     facts = PageFacts(page)
-    s = browser.session
-    browser.events.clear()
-    nav = browser.call("Page.navigate", session=s, url=page.as_uri())
-    if nav.get("errorText"):
-        facts.load_error = nav["errorText"]
-        return facts
     redirect = static_facts(page)
     if redirect.refresh and not redirect.load_error:  # a redirect page: the browser must land on its target
-        want, _, _ = _target(page.parent, page, redirect.refresh)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                now = browser.call("Runtime.evaluate", session=s, expression="location.href",
-                                   returnByValue=True)["result"].get("value", "")
-            except BrowserError:  # the context went away mid-navigation
-                now = ""
-            if want and now.split("#")[0] == want.as_uri():
-                break
-            time.sleep(0.1)
-        else:
-            redirect.load_error = f"did not redirect to {redirect.refresh}"
-        return redirect
+        return _follow_redirect(browser, page, redirect)
+    tab = browser.tab
+    browser.forget()
     try:
-        browser.wait_event("Page.loadEventFired")
-        res = browser.call("Runtime.evaluate", session=s, expression=_COLLECT_JS, awaitPromise=True,
-                           returnByValue=True)
-    except BrowserError as e:
-        facts.load_error = str(e)
+        tab.goto(page.as_uri(), wait_until="load")
+    except browser.Error as e:
+        facts.load_error = e.message.splitlines()[0].removeprefix("Page.goto: ")
         return facts
-    if "exceptionDetails" in res:
-        facts.load_error = f"checker script failed: {res['exceptionDetails'].get('text')}"
+    try:
+        v = tab.evaluate(_COLLECT_JS, [int(PAGE_TIMEOUT * 1000 / 2), list(NON_PROSE)])
+    except browser.Error as e:
+        facts.load_error = f"checker script failed: {e.message.splitlines()[0]}"
         return facts
-    v = res["result"]["value"]
     facts.texts = v["texts"]
     facts.typeset_math, facts.untypeset_math = v["typeset"], v["untypeset"]
     facts.math_errors = v["mathErrors"]
@@ -372,21 +321,9 @@ def browser_facts(browser: Chromium, page: Path) -> PageFacts:
                     for src, _, ok in v["images"]]
     failed_images = {url for _, url, ok in v["images"] if not ok}
     facts.hrefs, facts.ids = v["hrefs"], set(v["ids"])
-    urls: dict[str, str] = {}
-    for ev in browser.events:
-        m, p = ev["method"], ev.get("params", {})
-        if m == "Network.requestWillBeSent":
-            url = p["request"]["url"]
-            urls[p["requestId"]] = url
-            if urlsplit(url).scheme in ("http", "https", "ws", "wss"):
-                facts.external.append(url)
-        elif m == "Network.loadingFailed":
-            url = urls.get(p.get("requestId"), "?")
-            if urlsplit(url).scheme == "file" and url not in failed_images:  # images are said once, above
-                facts.failed.append(f"{url} ({p.get('errorText')})")
-        elif m == "Runtime.exceptionThrown":
-            d = p.get("exceptionDetails", {})
-            facts.js_errors.append((d.get("exception") or {}).get("description") or d.get("text") or "?")
+    facts.external, facts.js_errors = list(browser.external), list(browser.js_errors)
+    facts.failed = [f"{url} ({why})" for url, why in browser.failed  # images are said once, above
+                    if urlsplit(url).scheme == "file" and url not in failed_images]
     if facts.untypeset_math and not v["mathjax"]:
         facts.math_errors.append("MathJax did not load, so nothing was typeset")
     return facts
