@@ -8,12 +8,16 @@ import re
 
 import jupytext
 import numpy as np
+import pandas as pd
 import pytest
 
+from collapse_utils.core.engine import Loop
+from collapse_utils.core.results import seed_matrix
 from collapse_utils.tooling import config
 from collapse_utils.models import discrete as D
+from collapse_utils.models import gaussian
 from collapse_utils.chapters import gaussian_theory as ch
-from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED, verdict_text
 
 TINY = {"seeds": 10, "generations": 10, "sample_sizes": [100, 1000], "draws_check_seeds": 10,
         "draws_check_generations": 5, "schedule_generations": 5, "accumulate_seeds": 10, "accumulate_generations": 5,
@@ -29,7 +33,7 @@ def smoke():
 @pytest.fixture(scope="module")
 def tiny():
     p = {**config.load_preset("smoke", "01"), **TINY, "preset": "smoke"}
-    ch.validate_params(p)
+    ch.Params.check(p)
     return ch.run(p, progress=False)
 
 
@@ -172,3 +176,74 @@ def test_absorption_test_pools_rare_states():
     ex.absorbed_at = np.zeros(50, dtype=np.int64)
     t = ch.absorption_test(D.absorption_table(ex))
     assert t["runs"] == 50 and t["bins"] < 30 and t["p_value"] < 1e-6
+
+
+class _CountingExperiment(gaussian.GaussianExperiment):
+    """The page's experiment, counting its fits (a reader's subclass)."""
+
+    fits = 0
+
+    def fit(self, data, ctx):
+        type(self).fits += 1
+        return super().fit(data, ctx)
+
+
+def test_the_page_can_swap_a_piece_of_the_main_loop(tiny):
+    """The notebook assembles the main loop and hands it to ``run``: swap the regime (and the experiment for a
+    subclass, and the number of generations) and the main study runs with them; the other studies do not move."""
+    p = tiny.params
+    assert ch.default_loop(p).regime.name == "replace" and ch.default_loop(p).generations == p.generations
+    G = 6
+    acc = ch.run(p, Loop(_CountingExperiment(sampler=p.sampler), regime="accumulate", generations=G), progress=False)
+    main = acc.gaussian[acc.gaussian.study == "main"]
+    assert set(main.regime) == {"accumulate"} and int(main.generation.max()) == G
+    assert _CountingExperiment.fits == len(p.sample_sizes) * 2 * (G + 1)  # every M, both estimators
+    assert set(tiny.gaussian[tiny.gaussian.study == "main"].regime) == {"replace"}
+    others = [r.gaussian[r.gaussian.study != "main"].reset_index(drop=True) for r in (tiny, acc)]
+    pd.testing.assert_frame_equal(*others)
+    # accumulating pools every generation's samples: the fitted mean wanders less than when replacing
+    # (exact variances at generation 6, M = 100: 0.07 replacing vs 0.026 accumulating)
+    var = [seed_matrix(r.gaussian[r.gaussian.study == "main"], "mu", M=100, estimator="unbiased")[1][G].var()
+           for r in (tiny, acc)]
+    assert var[1] < var[0]
+
+
+def test_every_not_visible_verdict_names_its_gate(tiny, smoke):
+    for result in (tiny, smoke):
+        for c in ch.claims(result, result.params):
+            if c.verdict == NOT_VISIBLE:
+                assert c.gate and verdict_text(c.verdict, c.gate).endswith(f"(needs {c.gate})"), c.id
+            else:
+                assert c.gate == "", c.id
+    gates = {c.id: c.gate for c in ch.claims(tiny, tiny.params)}
+    assert gates["absorbed-in-delta"] == "a run of at least 20 M = 1000 generations"  # discrete_m = 50
+
+
+def test_prose_never_doubles_the_verdicts_preset():
+    md = config.get_chapter("01").notebook_md.read_text()
+    for m in re.finditer(r"\{glue:md\}`c01_[a-z_]+_verdict`", md):
+        around = md[max(0, m.start() - 40):m.end() + 25].replace("\n", " ")
+        assert "at this preset" not in around.lower(), around
+
+
+def test_the_sentence_on_unreliable_means_is_computed(smoke):
+    t = ch.summary(smoke)
+    bad = t[~t["mean reliable"]]
+    assert len(bad)  # at smoke the seeds cannot estimate M = 100's mean at the last generation
+    pairs = [*zip(bad["Var(mu) sim"], bad["Var(mu) theory"]), *zip(bad["mean sigma2 sim"], bad["E[sigma2] theory"])]
+    below = sum(a < b for a, b in pairs)
+    assert f"of these {len(pairs)} values in this run, below it: {below}; above it: {len(pairs) - below})" \
+        in ch.unreliable_sentence(smoke)
+    # a run whose unreliable means all lie far above the theory says so
+    high = _doctor(smoke, "gaussian", "main", "sigma2", lambda x: 100 * x, M=100)
+    high = _doctor(high, "gaussian", "main", "mu", lambda x: 100 * x, M=100)
+    n = 2 * int((~ch.summary(high)["mean reliable"]).sum())
+    assert f"of these {n} values in this run, below it: 0; above it: {n})" in ch.unreliable_sentence(high)
+
+
+def test_the_sentence_on_var_mu_reports_deviations_beyond_the_drawn_band(smoke):
+    text = ch.var_mu_sentence(smoke)
+    assert "at M = 100" in text and "at M = 1000" in text and "within the ±2 standard errors" in text
+    wide = _doctor(smoke, "gaussian", "main", "mu", lambda x: 1.4 * x, M=1000, estimator="unbiased")
+    text = ch.var_mu_sentence(wide)
+    assert "At M = 1000 it sits outside the ±2 standard errors" in text and "move together" in text

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 
 from collapse_utils.chapters import gaussian_mixtures as ch
-from collapse_utils.chapters.claims import VERDICTS
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_RUN, NOT_VISIBLE, REPRODUCED, verdict_text
 from collapse_utils.tooling.config import load_preset
 
-REPRODUCED, NOT_VISIBLE, CONTRADICTED = VERDICTS
 REGIMES = ["replace", "keep_real(0.1)", "accumulate"]
 
 
@@ -112,9 +111,9 @@ def test_noise_without_a_difference_is_not_visible():
     assert _verdicts(_frame(regime_l2=same, noise=0.3, seeds=3))["accumulate-close"] == CONTRADICTED
 
 
-def test_regimes_left_out_are_not_visible():
+def test_regimes_left_out_are_not_run():
     v = _verdicts(_frame(regimes=["replace"]), regimes=["replace"])
-    assert v["keep-real-slows"] == NOT_VISIBLE and v["accumulate-close"] == NOT_VISIBLE
+    assert v["keep-real-slows"] == NOT_RUN and v["accumulate-close"] == NOT_RUN
 
 
 def test_claims_on_a_real_tiny_run():
@@ -123,8 +122,9 @@ def test_claims_on_a_real_tiny_run():
     p = load_preset("smoke", "02")
     p.update(preset="smoke", run_name="", seeds=4, generations=20, panel_generations=[0, 20], eval_samples=500,
              regime_seeds=4, regime_generations=4, n_samples=300)
-    ch.validate_params(p)
-    result = ch.run(p, progress=False, speed=False)
+    p.update(bench_seeds=1, bench_sklearn_seeds=1, bench_generations=1)
+    ch.Params.check(p)
+    result = ch.run(p, progress=False)
     v = {c.id: c.verdict for c in ch.claims(result, p)}
     assert v["distance-grows"] == REPRODUCED
     assert v["expressivity-first-fit"] == REPRODUCED
@@ -135,3 +135,66 @@ def test_claims_on_a_real_tiny_run():
 def test_without_tail_masses_the_tail_claim_is_not_visible():
     df = _frame()
     assert _verdicts(df[df.metric != "tail99"])["tails-first"] == NOT_VISIBLE
+
+
+def test_the_page_can_swap_a_piece_of_the_main_loop():
+    """The notebook assembles the main loop and hands it to ``run``: another regime (and fewer generations)
+    runs in the main study, which its metrics and bookkeeping show; the other studies keep their own."""
+    from collapse_utils.core.engine import Loop
+
+    p = load_preset("smoke", "02")
+    p.update(preset="smoke", run_name="", seeds=2, generations=6, panel_generations=[0, 6], n_samples=200,
+             eval_samples=200, regimes=["replace"], regime_seeds=2, regime_generations=2, bench_seeds=1,
+             bench_sklearn_seeds=1, bench_generations=1)
+    p = ch.Params.from_values(p)
+    default = ch.default_loop(p)
+    assert default.regime.name == "replace" and default.generations == 6 and default.experiment.name == "gmm_k2"
+    loop = Loop(ch.main_experiment(p), regime="keep_real(0.5)", generations=4)
+    result = ch.run(p, loop, progress=False)
+    for setting in ("blob", "two_gaussians"):
+        st = result.studies[setting]
+        assert set(st.metrics.regime) == {"keep_real(0.5)"} and int(st.metrics.generation.max()) == 4
+        later = st.bookkeeping[st.bookkeeping.generation >= 1]
+        assert (later.n_real == 100).all() and (later.real_fraction == 0.5).all()  # half of every set is real
+    assert set(result.studies["expressivity"].metrics.regime) == {"replace"}
+    assert int(result.studies["expressivity"].metrics.generation.max()) == 6
+    assert loop.experiment.reference is None  # run fits a copy: the page's loop can run again
+
+
+def test_every_not_visible_verdict_names_its_gate():
+    df = _frame(G=40, Gr=10, spread=lambda g: np.exp(-g / 300), bulk=lambda g: np.exp(-g / 1500),
+                tail=lambda g: 1 + g / 40)
+    p = _params(40)
+    cl = ch.claims(df, p)
+    assert NOT_VISIBLE in {c.verdict for c in cl}
+    for c in cl:
+        if c.verdict == NOT_VISIBLE:
+            assert c.gate and verdict_text(c.verdict, c.gate).endswith(f"(needs {c.gate})"), c.id
+        else:
+            assert c.gate == "", c.id
+    assert "at least N = 1000 generations" in next(c.gate for c in cl if c.id == "spread-collapse")
+
+
+def test_prose_never_doubles_the_verdicts_preset():
+    """A glued verdict reads "not visible at this preset (needs ...)": the prose around it must not add
+    its own "at this preset" (the "At this preset: not visible at this preset." glitch)."""
+    import re
+
+    md = open("notebooks/02_gaussian_mixtures.md").read()
+    for m in re.finditer(r"\{glue:md\}`c02_[a-z_]+_verdict`", md):
+        around = md[max(0, m.start() - 40):m.end() + 25].replace("\n", " ")
+        assert "at this preset" not in around.lower(), around
+
+
+def _expressivity_frames(one, two, gens=(0, 1, 10, 100, 1000)):
+    rows = lambda study, f: [(study, s, g, "l2_truth", f(g)) for s in range(3) for g in gens]
+    cols = ["study", "seed", "generation", "metric", "value"]
+    return pd.DataFrame(rows("expressivity", one), columns=cols), pd.DataFrame(rows("settings", two), columns=cols)
+
+
+def test_the_long_run_comparison_of_one_and_two_components_is_computed():
+    ex, tg = _expressivity_frames(lambda g: 0.08, lambda g: 1e-3 * (1 + g))  # the mixture passes at g = 100
+    text = ch._expressivity_later(ex, tg, 1000)
+    assert "reverses the order" in text and "at generation 100" in text and "12.5 times" in text
+    ex, tg = _expressivity_frames(lambda g: 0.08, lambda g: 1e-3)
+    assert "still the closer of the two" in ch._expressivity_later(ex, tg, 1000)

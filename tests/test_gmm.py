@@ -340,11 +340,11 @@ def _params(**over):
     return p
 
 
-def test_validate_params_accepts_the_presets():
+def test_params_check_accepts_the_presets():
     for preset in ("smoke", "cpu", "paper"):
         p = load_preset(preset, "02")
         p.update(preset=preset, run_name="")
-        ch.validate_params(p)
+        ch.Params.check(p)
 
 
 @pytest.mark.parametrize("over,needle", [
@@ -357,14 +357,14 @@ def test_validate_params_accepts_the_presets():
     ({"tol": 0.0}, "tol"),
     ({"regime_generations": 100_000}, "accumulate"),
 ])
-def test_validate_params_rejects_bad_values(over, needle):
+def test_params_check_rejects_bad_values(over, needle):
     with pytest.raises(ParamError, match=needle):
-        ch.validate_params(_params(**over))
+        ch.Params.check(_params(**over))
 
 
-def test_validate_params_reports_every_problem_at_once():
+def test_params_check_reports_every_problem_at_once():
     with pytest.raises(ParamError) as e:
-        ch.validate_params(_params(n_components=0, covariance_type="banana", seeds=1))
+        ch.Params.check(_params(n_components=0, covariance_type="banana", seeds=1))
     msg = str(e.value)
     assert "n_components" in msg and "covariance_type" in msg and "seeds" in msg
 
@@ -374,9 +374,10 @@ def test_notebook_parameters_match_the_cpu_preset():
     from collapse_utils.tooling.runner import _read_md, notebook_defaults
 
     nb = notebook_defaults(_read_md(get_chapter("02")))
-    nb.pop("preset"), nb.pop("run_name")
-    assert nb == load_preset("cpu", "02")
-    for preset in ("smoke", "paper"):
+    assert nb.pop("preset") == "cpu" and nb.pop("run_name") == ""
+    # every parameter of the declaration, each None ("take the preset's value")
+    assert list(nb) == list(ch.Params.specs()) and set(nb.values()) == {None}
+    for preset in ("smoke", "cpu", "paper"):
         assert set(load_preset(preset, "02")) == set(nb)
 
 
@@ -399,3 +400,41 @@ def test_smoke_notebook_runs(smoke_chapter, results_tmp):
     assert set(m.regime) == {"replace", "keep_real(0.1)", "accumulate"}
     assert set(m.data) == {"blob", "two_gaussians"}
     assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
+
+
+@pytest.mark.parametrize("K,cov", [(2, "full"), (1, "full"), (3, "full"), (2, "tied"), (2, "diag"), (2, "spherical")])
+def test_fit_gmm_is_the_em_the_page_shows(K, cov):
+    """``fit_gmm`` (all seeds at once, the fast path the chapter runs) equals ``em`` (the readable E-step,
+    M-step and loop the page shows) seed by seed from the same initial labels: the same parameters and the
+    same number of iterations, on real data and on a later generation's samples (collapsed fits)."""
+    from collapse_utils.core.seeding import make_rng
+
+    for setting in gmm.DATA_SETTINGS:
+        X = gmm.real_data(gmm.truth(setting), range(4), 500)
+        later = gmm.fit_gmm(X, 2, rng=make_rng(1, 0, "fit")).sample(300, make_rng(1, 1, "sample"))[0]
+        for data in (X, later):
+            labels = gmm.kmeans_labels(data, K, make_rng(0, 0, "fit"))
+            fast = gmm.fit_gmm(data, K, cov, init_labels=labels)
+            for s in range(len(data)):
+                ref = gmm.em(data[s], labels[s], K, cov)
+                assert ref.n_iter[0] == fast.n_iter[s] and ref.converged[0] == fast.converged[s]
+                for a, b in ((ref.weights, fast.weights[s]), (ref.means, fast.means[s]),
+                             (ref.covariances, fast.covariances[s])):
+                    np.testing.assert_allclose(a[0], b, rtol=0, atol=1e-9)
+                np.testing.assert_allclose(ref.lower_bound, fast.lower_bound[s], rtol=1e-12)
+
+
+def test_the_readable_em_is_sklearns():
+    """The shown ``em`` against sklearn's GaussianMixture from the same initial parameters (a test that the
+    readable definition is the paper's algorithm, independent of the fast path)."""
+    from collapse_utils.core.seeding import make_rng
+
+    X = gmm.real_data(gmm.truth("two_gaussians"), [0], 400)[0]
+    labels = gmm.kmeans_labels(X[None], 2, make_rng(0, 0, "fit"))[0]
+    ref = gmm.em(X, labels, 2)
+    init = gmm.params_from_labels(X, labels, 2)
+    sk = GaussianMixture(2, tol=1e-5, max_iter=2000, reg_covar=1e-6, weights_init=init.weights[0],
+                         means_init=init.means[0], precisions_init=np.linalg.inv(init.covariances[0])).fit(X)
+    assert ref.n_iter[0] == sk.n_iter_
+    np.testing.assert_allclose(ref.means[0], sk.means_, atol=1e-9)
+    np.testing.assert_allclose(ref.covariances[0], sk.covariances_, atol=1e-9)

@@ -193,9 +193,10 @@ def test_gmm_panels_are_readable_at_page_width():
 
     p = config.load_preset("smoke", "02")
     p.update(preset="smoke", run_name="", seeds=2, generations=6, n_samples=200, eval_samples=200,
-             panel_generations=[0, 1, 2, 3, 4, 5, 6], regime_seeds=2, regime_generations=2)
-    ch.validate_params(p)
-    result = ch.run(p, progress=False, speed=False)
+             panel_generations=[0, 1, 2, 3, 4, 5, 6], regime_seeds=2, regime_generations=2, bench_seeds=1,
+             bench_sklearn_seeds=1, bench_generations=1)
+    ch.Params.check(p)
+    result = ch.run(p, progress=False)
     fig = ch.plot_panels(result.studies, p["panel_generations"], n_points=200)
     try:
         visible = [ax for ax in fig.axes if ax.get_visible()]

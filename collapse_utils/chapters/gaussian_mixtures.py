@@ -1,21 +1,25 @@
 """Study module of chapter 02, notebooks/02_gaussian_mixtures.md (see :mod:`collapse_utils.chapters`).
 
 The algorithm (batched EM, the closed-form L2 distance, the tails metric, :class:`GMMExperiment`)
-lives in :mod:`collapse_utils.models.gmm`; this module holds what the page needs: the parameters' check,
-the run plan (:func:`run` -> :class:`Result`), figures, tables and :func:`claims`.
+lives in :mod:`collapse_utils.models.gmm`; this module holds what the page needs: the parameters' declaration
+(:class:`Params`), the main loop (:func:`default_loop`), the run plan (:func:`run` -> :class:`Result`), figures,
+tables and :func:`claims`.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, direction, finite, judge
-from ..core.engine import record_generations
-from ..core.params import Checker
+from .claims import NOT_RUN, NOT_VISIBLE, Claim, direction, finite, judge
+from .gaussian_theory import band_spec
+from ..core.engine import Loop, record_generations
+from ..core.params import Checker, ChapterParams, param
 from ..models.gmm import (
     COVARIANCE_TYPES,
     DATA_SETTINGS,
@@ -30,7 +34,10 @@ from ..core.results import seed_matrix
 from ..core.seeding import make_rng
 
 __all__ = [
+    "Params",
     "SETTING_LABELS",
+    "default_loop",
+    "main_experiment",
     "Result",
     "Study",
     "all_bookkeeping",
@@ -49,7 +56,6 @@ __all__ = [
     "speed_table",
     "summary_table",
     "timing_table",
-    "validate_params",
 ]
 
 SETTING_LABELS = {"blob": "official code: one 2-D standard blob", "two_gaussians": "paper: two separated Gaussians"}
@@ -58,37 +64,58 @@ SETTING_LABELS = {"blob": "official code: one 2-D standard blob", "two_gaussians
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
-def validate_params(params: dict) -> None:
-    """One clear error listing every problem, before any compute."""
-    c = Checker(params, "02")
-    c.int("seed", 0).int("seeds", 2, 100_000).int("generations", 1, 1_000_000)
-    c.int("n_samples", 1, 10_000_000).int("n_components", 1, 1000).choice("covariance_type", COVARIANCE_TYPES)
-    c.float("tol", 0.0, open_lo=True).int("max_iter", 1).float("reg_covar", 0.0)
-    c.float("separation", 0.0).float("component_std", 0.0, open_lo=True)
-    c.ints("panel_generations", 0).int("record_every", 1).int("eval_samples", 0, 10_000_000)
-    c.regimes("regimes").int("regime_seeds", 2, 100_000).int("regime_generations", 1, 1_000_000)
-    c.choice("regime_data", DATA_SETTINGS)
-    c.int("bench_seeds", 1, 100_000).int("bench_sklearn_seeds", 1, 10_000).int("bench_generations", 1, 100_000)
-    p = params
-    K, N, cov = p.get("n_components"), p.get("n_samples"), p.get("covariance_type")
-    if isinstance(K, int) and K >= 1 and isinstance(N, int) and cov in COVARIANCE_TYPES:
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """Chapter 02's parameters; the defaults are the ``cpu`` preset (presets/02.yaml lists what differs)."""
+
+    chapter: ClassVar[str] = "02"
+    seed: int = param(0, "base seed; the runs use seeds seed, seed + 1, ...", lo=0)
+    seeds: int = param(32, "independent runs per data setting (vectorised)", lo=2, hi=100_000)
+    generations: int = param(2000, "generations after generation 0 (official notebook: 2050)", lo=1, hi=1_000_000)
+    n_samples: int = param(1000, "N: samples drawn from each generation's mixture (and real samples)",
+                           lo=1, hi=10_000_000)
+    n_components: int = param(2, "mixture components K", lo=1, hi=1000)
+    covariance_type: str = param("full", "full | tied | diag | spherical (sklearn's meanings)",
+                                 choices=COVARIANCE_TYPES)
+    tol: float = param(1e-5, "EM stops when the mean log-likelihood changes by less than this", lo=0.0,
+                       open_lo=True)
+    max_iter: int = param(2000, "EM iteration limit per fit", lo=1)
+    reg_covar: float = param(1e-6, "added to every covariance diagonal (sklearn's default)", lo=0.0)
+    separation: float = param(3.0, "paper setting: distance between the two real Gaussians' means", lo=0.0)
+    component_std: float = param(0.5, "paper setting: standard deviation of each real Gaussian", lo=0.0,
+                                 open_lo=True)
+    panel_generations: list = param([0, 50, 100, 150, 200, 350, 2000], "generations shown as scatter panels",
+                                    lo=0)
+    record_every: int = param(25, "metrics every this many generations (plus 0-10 and log-spaced ones)", lo=1)
+    eval_samples: int = param(4000, "Monte Carlo samples per seed for the tail masses", lo=0, hi=10_000_000)
+    regimes: list = param(["replace", "keep_real(0.1)", "accumulate"], "data regimes compared on the same seeds",
+                          kind="regimes")
+    regime_seeds: int = param(16, "seeds of the regime comparison (the first ones of the main runs)",
+                              lo=2, hi=100_000)
+    regime_generations: int = param(100, "generations of the regime comparison (accumulate grows the data)",
+                                    lo=1, hi=1_000_000)
+    regime_data: str = param("two_gaussians", "data setting of the regime comparison: blob | two_gaussians",
+                             choices=DATA_SETTINGS)
+    bench_seeds: int = param(64, "speed check: seeds of the batched run", lo=1, hi=100_000)
+    bench_sklearn_seeds: int = param(3, "speed check: seeds refitted one at a time with sklearn", lo=1, hi=10_000)
+    bench_generations: int = param(10, "speed check: generations of both", lo=1, hi=100_000)
+
+    @classmethod
+    def cross_checks(cls, c: Checker, p) -> None:
+        K, N, cov = p["n_components"], p["n_samples"], p["covariance_type"]
         k_free = n_free_parameters(K, 2, cov)
         c.check(N >= k_free, f"n_samples={N} is smaller than the {k_free} free parameters of a {K}-component "
                              f"'{cov}' mixture in 2-D; use n_samples >= {k_free}")
-    G, pg = p.get("generations"), p.get("panel_generations")
-    if isinstance(G, int) and isinstance(pg, (list, tuple)) and all(isinstance(x, int) for x in pg) and pg:
+        G, pg = p["generations"], p["panel_generations"]
         c.check(max(pg) <= G, f"panel_generations {list(pg)} go beyond generations={G}")
-    S, RS = p.get("seeds"), p.get("regime_seeds")
-    if isinstance(S, int) and isinstance(RS, int):
+        S, RS = p["seeds"], p["regime_seeds"]
         c.check(RS <= S, f"regime_seeds={RS} must not exceed seeds={S} (the regimes reuse the first seeds)")
-    RG, regs = p.get("regime_generations"), p.get("regimes")
-    if isinstance(RG, int) and isinstance(N, int) and isinstance(RS, int) and isinstance(regs, (list, tuple)) \
-            and any(str(r).strip().startswith("accumulate") for r in regs):
-        rows = RS * N * (RG + 1)
-        c.check(rows * 15 * 8 <= 8e9, f"accumulate keeps every generation's data: {RS} seeds x {N} x "
-                                      f"{RG + 1} generations needs ~{rows * 120 / 1e9:.1f} GB; "
-                                      "lower regime_generations or regime_seeds")
-    c.done()
+        RG, regs = p["regime_generations"], p["regimes"]
+        if any(str(r).strip().startswith("accumulate") for r in regs):
+            rows = RS * N * (RG + 1)
+            c.check(rows * 15 * 8 <= 8e9, f"accumulate keeps every generation's data: {RS} seeds x {N} x "
+                                          f"{RG + 1} generations needs ~{rows * 120 / 1e9:.1f} GB; "
+                                          "lower regime_generations or regime_seeds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,26 +142,49 @@ class Study:
     rows_in_run: int = 0
 
 
-def run_study(label: str, settings: str | Sequence[str], p: dict, n_components: int, seeds: Sequence[int],
-              generations: int, regime: str = "replace", keep: Sequence[int] = (), checkpoint_dir=None,
-              progress: bool = True, study: str = "settings") -> dict[str, Study]:
-    """One batched recursion over ``seeds`` for each data setting in ``settings`` (all in one batch)."""
+def main_experiment(p, n_components: int | None = None, settings: Sequence[str] = DATA_SETTINGS,
+                    n_seeds: int | None = None) -> GMMExperiment:
+    """The experiment of the chapter's main study: EM refits of a ``n_components`` mixture (default
+    ``p.n_components``), every data setting in one batch (``n_seeds`` rows each, default ``p.seeds``)."""
+    K = p["n_components"] if n_components is None else int(n_components)
+    S = p["seeds"] if n_seeds is None else int(n_seeds)
+    return GMMExperiment([truth(st, p["separation"], p["component_std"]) for st in settings], K,
+                         p["covariance_type"], p["tol"], p["max_iter"], p["reg_covar"], p["eval_samples"],
+                         name=f"gmm_k{K}", groups=np.repeat(np.arange(len(settings)), S))
+
+
+def default_loop(p) -> Loop:
+    """The chapter's main recursion: the batched EM on both data settings (:func:`main_experiment`), each
+    generation trained on its predecessor's samples alone (``replace``), for ``p.generations``."""
+    return Loop(experiment=main_experiment(p), regime="replace", generations=p["generations"])
+
+
+def run_study(label: str, settings: str | Sequence[str], p, n_components: int, seeds: Sequence[int],
+              generations: int, regime="replace", keep: Sequence[int] = (), checkpoint_dir=None,
+              progress: bool = True, study: str = "settings", experiment: GMMExperiment | None = None
+              ) -> dict[str, Study]:
+    """One batched recursion over ``seeds`` for each data setting in ``settings`` (all in one batch).
+
+    ``experiment`` (default :func:`main_experiment` for these settings) must hold one real distribution
+    per setting (its ``truths``); a copy runs, so the same object can be passed again."""
     from ..core.engine import run_recursion
 
     settings = [settings] if isinstance(settings, str) else list(settings)
     seeds = [int(x) for x in seeds]
-    dists = [truth(st, p["separation"], p["component_std"]) for st in settings]
+    ex = main_experiment(p, n_components, settings, len(seeds)) if experiment is None else copy.deepcopy(experiment)
+    if len(ex.truths) != len(settings):
+        raise ValueError(f"the experiment has {len(ex.truths)} real distribution(s) for the settings {settings}")
+    dists = ex.truths
     real = np.concatenate([real_data(d, seeds, p["n_samples"]) for d in dists])
     groups = np.repeat(np.arange(len(settings)), len(seeds))
-    ex = GMMExperiment(dists, n_components, p["covariance_type"], p["tol"], p["max_iter"], p["reg_covar"],
-                       p["eval_samples"], name=f"gmm_k{n_components}", groups=groups)
+    ex.groups = groups
     t0 = time.perf_counter()
     res = run_recursion(
         ex, real, generations, regime=regime, seed=p["seed"], seeds=list(range(len(real))),  # rows; mapped below
         record=record_generations(generations, p["record_every"], p["panel_generations"]),
         keep_models=list(keep), checkpoint_dir=checkpoint_dir,
         checkpoint_every=max(1, generations // (4 if "accumulate" in str(regime) else 10)), progress=progress,
-        columns={"study": study, "n_components": int(n_components), "N": int(p["n_samples"])},
+        columns={"study": study, "n_components": int(ex.n_components), "N": int(p["n_samples"])},
     )
     seconds = time.perf_counter() - t0
     row_seed = np.tile(seeds, len(settings))
@@ -153,19 +203,22 @@ def run_study(label: str, settings: str | Sequence[str], p: dict, n_components: 
     return out
 
 
-def run_chapter(p: dict, checkpoint_root=None, progress: bool = True) -> dict[str, Study]:
+def run_chapter(p, checkpoint_root=None, progress: bool = True, loop: Loop | None = None) -> dict[str, Study]:
     """Every study of chapter 02 at parameters ``p``.
 
-    ``blob`` / ``two_gaussians``: the main runs (``seeds`` seeds each, ``generations``, replace), in one
-    batch; ``expressivity``: one Gaussian fitted to the two-Gaussian data; ``regime:<name>``: the regimes
-    on the first ``regime_seeds`` seeds of the ``regime_data`` setting.
+    ``blob`` / ``two_gaussians``: the main runs (``seeds`` seeds each), ``loop`` (default
+    :func:`default_loop`: ``generations``, replace), in one batch; ``expressivity``: one Gaussian fitted to
+    the two-Gaussian data; ``regime:<name>``: the regimes on the first ``regime_seeds`` seeds of the
+    ``regime_data`` setting.
     """
+    loop = default_loop(p) if loop is None else loop
     seeds = list(range(p["seed"], p["seed"] + p["seeds"]))
-    G = p["generations"]
+    G = int(loop.generations)
     ck = (lambda name: None) if checkpoint_root is None else (lambda name: checkpoint_root / name)
-    out = run_study("blob + two_gaussians", list(DATA_SETTINGS), p, p["n_components"], seeds, G,
-                    keep=p["panel_generations"], checkpoint_dir=ck("settings"), progress=progress)
-    out["expressivity"] = run_study("expressivity (K = 1)", "two_gaussians", p, 1, seeds, G, keep=[0],
+    out = run_study("blob + two_gaussians", list(DATA_SETTINGS), p, p["n_components"], seeds, G, regime=loop.regime,
+                    keep=[g for g in p["panel_generations"] if g <= G], checkpoint_dir=ck("settings"),
+                    progress=progress, experiment=loop.experiment)
+    out["expressivity"] = run_study("expressivity (K = 1)", "two_gaussians", p, 1, seeds, p["generations"], keep=[0],
                                     checkpoint_dir=ck("expressivity"), progress=progress,
                                     study="expressivity")["two_gaussians"]
     rseeds = seeds[:p["regime_seeds"]]
@@ -249,12 +302,14 @@ def summary_generations(generations: int) -> list[int]:
     return sorted({g for g in (0, 50, 200) if g < generations} | {int(generations)})
 
 
-def run(p: dict, checkpoint_root=None, progress: bool = True, speed: bool = True) -> Result:
-    """The chapter's run plan: every study (:func:`run_chapter`), then the timed comparison with
-    sklearn refitted one seed at a time (``bench_*`` parameters; ``speed=False`` skips it)."""
+def run(p, loop: Loop | None = None, *, checkpoint_root=None, progress: bool = True) -> Result:
+    """The chapter's run plan at parameters ``p`` (a :class:`Params`, or a mapping of every value): every
+    study (:func:`run_chapter`; ``loop`` is the main recursion, default :func:`default_loop`), then the timed
+    comparison with sklearn refitted one seed at a time (``bench_*`` parameters)."""
+    p = p if isinstance(p, Params) else Params.from_values(p)
     t0 = time.perf_counter()
-    studies = run_chapter(p, checkpoint_root, progress)
-    cmp = speed_comparison(p["bench_seeds"], p["bench_sklearn_seeds"], p["bench_generations"]) if speed else None
+    studies = run_chapter(p, checkpoint_root, progress, loop)
+    cmp = speed_comparison(p["bench_seeds"], p["bench_sklearn_seeds"], p["bench_generations"])
     return Result(studies, cmp, time.perf_counter() - t0)
 
 
@@ -273,8 +328,11 @@ def _truth_contours(ax, study: Study, lim: float):
     t = np.linspace(-lim, lim, 161)
     xx, yy = np.meshgrid(t, t)
     lp = study.true_dist.log_prob(np.stack([xx.ravel(), yy.ravel()], -1)[None])[0].reshape(xx.shape)
-    levels = sorted(study.thresholds.values())
-    ax.contour(xx, yy, lp, levels=levels, colors="0.4", linestyles=["--", ":"][: len(levels)], linewidths=0.9)
+    # the 95 % contour dashed, the 99 % one dotted (contour levels must rise: the 99 % level is the lower density)
+    style = {0.95: "--", 0.99: ":"}
+    pairs = sorted((t, style.get(round(q, 2), "-.")) for q, t in study.thresholds.items())
+    ax.contour(xx, yy, lp, levels=[t for t, _ in pairs], colors="0.4", linestyles=[ls for _, ls in pairs],
+               linewidths=0.9)
 
 
 def plot_panels(studies: dict[str, Study], panel_generations: Sequence[int], row: int = 0, lim: float = 3.0,
@@ -333,19 +391,20 @@ def plot_l2(studies: dict[str, Study]):
     """Squared L2 distance to generation 0 (and to the real distribution), bands over seeds, log y."""
     import matplotlib.pyplot as plt
 
-    from .plotting import band, finish, palette
+    from .plotting import finish, palette
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), sharey=True)
     cols = palette(2)
     for ax, metric, title in zip(axes, ("l2_gen0", "l2_truth"),
                                  ("to this seed's generation-0 fit", "to the real distribution")):
         for setting, col in zip(DATA_SETTINGS, cols):
             g, v = seed_matrix(studies[setting].metrics, metric)
             keep = g >= (1 if metric == "l2_gen0" else 0)
-            band(ax, g[keep], v[keep], label=SETTING_LABELS[setting], color=col)
+            _seed_band(ax, g[keep], v[keep], label=SETTING_LABELS[setting], color=col)
         ax.set_yscale("log")
         finish(ax, "generation", r"$\|f_0 - f_g\|_2^2$" if metric == "l2_gen0" else r"$\|p - f_g\|_2^2$",
-               f"squared $L_2$ distance {title}", loc="lower right")
+               f"squared $L_2$ distance {title}", legend=False)
+        ax.legend(loc="lower right", title=_band_words(studies))
     fig.tight_layout()
     return fig
 
@@ -354,9 +413,9 @@ def plot_spreads(studies: dict[str, Study]):
     """Per-component spreads (smaller and larger) and the mixture's overall spread over generations."""
     import matplotlib.pyplot as plt
 
-    from .plotting import band, finish, palette
+    from .plotting import finish, palette
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), sharey=True)
     cols = palette(3)
     for ax, setting in zip(axes, DATA_SETTINGS):
         df = studies[setting].metrics
@@ -364,10 +423,23 @@ def plot_spreads(studies: dict[str, Study]):
                                  ("spread_min", cols[1], "smaller component"),
                                  ("spread_overall", cols[2], "whole mixture")):
             g, v = seed_matrix(df, metric)
-            band(ax, g, v, label=lab, color=col)
-        finish(ax, "generation", r"spread $\sqrt{\mathrm{tr}\,\Sigma / d}$", SETTING_LABELS[setting])
+            _seed_band(ax, g, v, label=lab, color=col)
+        finish(ax, "generation", r"spread $\sqrt{\mathrm{tr}\,\Sigma / d}$", SETTING_LABELS[setting], legend=False)
+        ax.legend(title=_band_words(studies, setting))
     fig.tight_layout()
     return fig
+
+
+def _seed_band(ax, g, v, **kw):
+    """A median line and a band over the seeds: 5-95 % from 20 seeds on, the min-max range below (as chapter 01)."""
+    from .plotting import band
+
+    return band(ax, g, v, quantiles=band_spec(v.shape[1])[0], **kw)
+
+
+def _band_words(studies: dict[str, Study], key: str = DATA_SETTINGS[0]) -> str:
+    """The legend's words for the bands of :func:`_seed_band` (e.g. "median, min–max of 4 seeds")."""
+    return f"median, {band_spec(int(studies[key].metrics.seed.nunique()))[1]}"
 
 
 def _generation_axis(ax, generations: int):
@@ -382,7 +454,7 @@ def plot_tails(studies: dict[str, Study]):
 
     from .plotting import band, finish, palette
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3), sharey=True)
     cols = palette(3)
     for ax, setting in zip(axes, DATA_SETTINGS):
         df = studies[setting].metrics
@@ -407,23 +479,26 @@ def plot_expressivity(studies: dict[str, Study]):
     """One Gaussian (K=1) vs two (K=2) fitted to the two-Gaussian data: distance to truth and to generation 0."""
     import matplotlib.pyplot as plt
 
-    from .plotting import band, finish, palette
+    from .plotting import finish, palette
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.3))
     cols = palette(2)
     for st, col, lab in ((studies["expressivity"], cols[0], "one Gaussian (K = 1)"),
                          (studies["two_gaussians"], cols[1], f"mixture (K = {studies['two_gaussians'].models[0].n_components})")):
         g, v = seed_matrix(st.metrics, "l2_truth")
-        band(axes[0], g, v, label=lab, color=col)
+        _seed_band(axes[0], g, v, label=lab, color=col)
         g, v = seed_matrix(st.metrics, "l2_gen0")
-        band(axes[1], g[g >= 1], v[g >= 1], label=lab, color=col)
+        _seed_band(axes[1], g[g >= 1], v[g >= 1], label=lab, color=col)
     G = int(studies["expressivity"].bookkeeping.generation.max())
     for ax in axes:
         ax.set_yscale("log")
         _generation_axis(ax, G)
-    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "to the real distribution", loc="lower right")
+    words = _band_words(studies, "expressivity")
+    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "to the real distribution", legend=False)
     finish(axes[1], "generation", r"$\|f_0 - f_g\|_2^2$", "to the generation-0 fit (sampling error only)",
-           loc="lower right")
+           legend=False)
+    for ax in axes:
+        ax.legend(loc="lower right", title=words)
     fig.tight_layout()
     return fig
 
@@ -434,19 +509,27 @@ def plot_regimes(studies: dict[str, Study], regimes: Sequence[str]):
 
     from .plotting import band, finish, regime_colors
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    # two panels a row (a fourth cell holds the shared legend): readable at page width
+    fig, grid = plt.subplots(2, 2, figsize=(10, 7.6))
+    axes, key = grid.ravel()[:3], grid.ravel()[3]
     cols = regime_colors(regimes)
     for r, col in zip(regimes, cols):
         df = studies[f"regime:{r}"].metrics
         for ax, metric in zip(axes, ("l2_truth", "spread_min", "tail99")):
             g, v = seed_matrix(df, metric)
-            band(ax, g, v / (0.01 if metric == "tail99" else 1.0), label=str(r), color=col,
-                 quantiles=(0.25, 0.75) if metric == "tail99" else (0.05, 0.95))
+            if metric == "tail99":
+                band(ax, g, v / 0.01, label=str(r), color=col, quantiles=(0.25, 0.75))
+            else:
+                _seed_band(ax, g, v, label=str(r), color=col)
     axes[0].set_yscale("log")
     axes[2].axhline(1.0, color="k", lw=0.8)
-    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "distance to the real distribution")
-    finish(axes[1], "generation", "spread of the smaller component", "per-component spread")
-    finish(axes[2], "generation", "tail mass beyond 99 % contour / 0.01", "tails")
+    finish(axes[0], "generation", r"$\|p - f_g\|_2^2$", "distance to the real distribution", legend=False)
+    finish(axes[1], "generation", "spread of the smaller component", "per-component spread", legend=False)
+    finish(axes[2], "generation", "tail mass beyond 99 % contour / 0.01", "tails", legend=False)
+    key.axis("off")
+    words = _band_words(studies, f"regime:{regimes[0]}")
+    key.legend(*axes[0].get_legend_handles_labels(), title=f"data regime\n({words};\ntails: interquartile)",
+               loc="center", fontsize="large", title_fontsize="large")
     fig.tight_layout()
     return fig
 
@@ -546,6 +629,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         f"larger component {_median(large0):.2f} -> {_median(largeG):.3f}, smaller {_median(small0):.2f} -> "
         f"{_median(smallG):.3f} (generations 0 -> {G}, median of {n_seeds} seeds)",
         "fig-02-spreads", judge(holds, visible=ok and (holds or d > 0 or G >= N)),
+        gate=f"at least N = {N} generations, unless the spread has already halved (or grown) significantly",
         extra={"large_0": _median(large0), "large_end": _median(largeG), "small_0": _median(small0),
                "small_end": _median(smallG), "ratio": ratio, "generations": G, "seeds": n_seeds,
                "tg_small_0": _median(_at(tg, "spread_min", 0)), "tg_small_end": _median(_at(tg, "spread_min", G)),
@@ -565,7 +649,9 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "distance-grows",
         "The squared L2 distance between generation g's mixture and generation 0's grows with g",
         "grows (log-scale figure, 2000 generations)",
-        f"{'; '.join(parts)} from generation 1 to {G}", "fig-02-l2", _combine(verdicts), extra=extra))
+        f"{'; '.join(parts)} from generation 1 to {G}", "fig-02-l2", _combine(verdicts), extra=extra,
+        gate=f"a significant change of the distance over the seeds in both settings (one-sided t-test at "
+             f"{ALPHA:g}): more generations or seeds"))
 
     # 3. the tails vanish first (early collapse), the bulk later (late collapse)
     verdicts, parts, extra = [], [], {}
@@ -598,7 +684,9 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "The tails go first: the mass beyond the real distribution's 99 % contour vanishes while the mixture "
         "still keeps most of its spread (early collapse before late collapse)",
         "tails lost early, spread lost late",
-        "; ".join(parts), "fig-02-tails", _combine(verdicts), extra=extra))
+        "; ".join(parts), "fig-02-tails", _combine(verdicts), extra=extra,
+        gate=f"enough generations for the tail mass to fall below {TAIL_GONE:g} of the real one, or the bulk "
+             f"below {BULK_KEPT:g} of its spread"))
 
     # 4 and 5. keeping real data / accumulating all data, on the same seeds
     regimes = params.get("regimes", [])
@@ -620,7 +708,9 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "degrades only slightly with 10 % real data (language-model setting b)",
         (f"distance to the real distribution at generation {Gr}: replace {rextra['replace']:.1e}, "
          f"{names['keep']} {rextra['keep']:.1e} (medians of {rseeds} seeds)") if have["keep"] else "not run",
-        "fig-02-regimes", judge(d > 0, visible=d != 0), extra=dict(rextra)))
+        "fig-02-regimes", judge(d > 0, visible=d != 0) if have["keep"] and have["replace"] else NOT_RUN,
+        extra=dict(rextra),
+        gate="a significant difference between replace and keep_real over the seeds: more seeds or generations"))
 
     if have["acc"] and have["replace"]:
         d = _direction(_log_ratio(last["acc"], last["replace"]))
@@ -630,12 +720,14 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         measured = (f"accumulate {_median(first['acc']):.1e} -> {_median(last['acc']):.1e} (x{growth:.1f}) over "
                     f"{Gr} generations; replace ends at {rextra['replace']:.1e}")
     else:
-        growth, verdict, measured = float("nan"), judge(False, visible=False), "not run"
+        growth, verdict, measured = float("nan"), NOT_RUN, "not run"
     out.append(Claim(
         "accumulate-close",
         "Accumulating all real and synthetic data keeps the fit close to the original distribution",
         "bounded error (Gerstgrasser et al. 2024)", measured, "fig-02-regimes", verdict,
-        extra={"growth": growth}))
+        extra={"growth": growth},
+        gate=f"a significant difference between accumulate and replace over the seeds, or a growth beyond "
+             f"{CLOSE:g} times: more seeds or generations"))
 
     # 6. functional expressivity error: one Gaussian is wrong from the first fit
     ex = _select(m, study="expressivity")
@@ -652,5 +744,44 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         f"two-component mixture {_median(two0):.4f}",
         "fig-02-expressivity", judge(d > 0, visible=d != 0),
         extra={"one_0": _median(one0), "two_0": _median(two0), "one_end": _median(oneG), "two_end": _median(twoG),
-               "generations": Ge}))
+               "generations": Ge, "later": _expressivity_later(ex, tg, Ge)},
+        gate="a significant difference over the seeds at the first fit: more seeds"))
+    for c in out:
+        if c.verdict != NOT_VISIBLE:  # the gate is what a run too small to tell would need
+            c.gate = ""
+    return out
+
+
+def _expressivity_later(ex: pd.DataFrame, tg: pd.DataFrame, G: int) -> str:
+    """What the long run shows about the single Gaussian against the mixture (Markdown, from the run)."""
+    if ex.empty or tg.empty:
+        return ""
+
+    def medians(df, metric):
+        sub = df[df.metric == metric]
+        return sub.groupby("generation")["value"].median()
+
+    one, two = medians(ex, "l2_truth"), medians(tg, "l2_truth")
+    one, two = one.align(two, join="inner")
+    if G not in one.index or not finite(one[G], two[G]):
+        return ""
+    if two[G] <= one[G]:
+        return (f"At generation {G} the mixture is still the closer of the two (median {two[G]:.3g} against "
+                f"{one[G]:.3g}): the sampling error of {G} generations has not undone the head start of the "
+                "right family.")
+    cross = int(one.index[(two > one).to_numpy() & (one.index >= 1)][0])
+    drift_one, drift_two = medians(ex, "l2_gen0"), medians(tg, "l2_gen0")
+    out = (f"The long run reverses the order: at generation {G} the mixture is {two[G] / one[G]:.3g} times farther "
+           f"from the truth than the single Gaussian (medians {two[G]:.3g} and {one[G]:.3g}); the mixture's median "
+           f"first passes the single Gaussian's at generation {cross}. ")
+    if G in drift_one.index and G in drift_two.index and drift_one[G] < drift_two[G]:
+        out += (f"Sampling has moved the mixture more than the single Gaussian: their distances to their own "
+                f"first fits are {drift_two[G]:.3g} and {drift_one[G]:.3g} (right panel). ")
+    small = medians(tg, "spread_min")
+    if 0 in small.index and G in small.index and small[G] < HALVED * small[0]:
+        out += (f"The mixture's smaller component has shrunk (median spread {small[0]:.2f} at generation 0, "
+                f"{small[G]:.3g} at {G}), and the squared L2 distance weighs a narrow component heavily: "
+                "a Gaussian density of spread s has ∫f² = 1/(4πs²) in two dimensions. ")
+    if 0 in one.index:
+        out += f"The single Gaussian's distance went from {one[0]:.3g} at its first fit to {one[G]:.3g}."
     return out

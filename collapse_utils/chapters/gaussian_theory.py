@@ -2,7 +2,8 @@ r"""Study module of the chapter notebooks/01_gaussian_theory.md (see :mod:`colla
 
 The algorithms live in :mod:`collapse_utils.models.gaussian` (the Gaussian recursion and its exact
 theory) and :mod:`collapse_utils.models.discrete` (the categorical recursion).  This module holds what the
-page needs: the parameters' check, the run plan (:func:`run` -> :class:`Result`), the figures and
+page needs: the parameters' declaration (:class:`Params`), the main loop (:func:`default_loop`), the run
+plan (:func:`run` -> :class:`Result`), the figures and
 tables, the numbers the prose glues (:func:`page_numbers`) and the paper's claims (:func:`claims`).
 
 Monte-Carlo honesty.  Under the unbiased estimator :math:`\mathbb E[\hat\sigma^2_g]=\sigma^2`, but the
@@ -13,17 +14,19 @@ variances over seeds are tested at the last recorded generation within that hori
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..models import discrete as D
-from .claims import Claim, finite, glue, judge
-from ..core.params import Checker
-from ..core.engine import record_generations, run_recursion
+from .claims import NOT_VISIBLE, Claim, finite, glue, judge
+from ..core.params import ChapterParams, param
+from ..core.engine import Loop, record_generations, run_recursion
 from ..core.progress import progress_disabled
 from ..models.gaussian import (
     ESTIMATORS, GaussianExperiment, gaussian_theory, lognormal_quantile, mean_rel_se,
@@ -32,7 +35,7 @@ from ..models.gaussian import (
 from ..core.results import seed_matrix
 
 __all__ = [
-    "validate_params", "run", "Result", "run_gaussian_studies", "run_discrete", "horizon", "band_spec",
+    "Params", "default_loop", "run", "Result", "with_estimator", "run_gaussian_studies", "run_discrete", "horizon", "band_spec",
     "plot_official_view", "plot_moments", "plot_w2", "plot_as_collapse", "plot_schedules", "plot_accumulate",
     "plot_draws_vs_exact", "plot_survival", "plot_absorption", "draws_vs_exact", "absorption_test", "summary",
     "page_numbers", "glue_numbers", "claims",
@@ -46,23 +49,36 @@ Z_MAX = 4.0
 MIN_SEEDS_FOR_QUANTILES = 20
 
 
-def validate_params(params: dict) -> None:
-    c = Checker(params, "01")
-    c.int("seeds", 2, 1_000_000).int("generations", 1, 1_000_000).ints("sample_sizes", 2)
-    c.choice("sampler", ["exact", "draws"]).int("seed", 0)
-    c.int("draws_check_seeds", 2, 1_000_000).int("draws_check_generations", 1, 1_000_000)
-    c.int("schedule_m0", 2).int("schedule_generations", 1)
-    c.int("accumulate_generations", 1).int("accumulate_seeds", 2)
-    c.int("discrete_states", 2, 10_000).float("discrete_zipf", 0.0, open_lo=True)
-    c.int("discrete_m", 1).int("discrete_seeds", 2).int("discrete_max_generations", 1)
-    c.done()
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """Chapter 01's parameters; the defaults are the ``cpu`` preset (presets/01.yaml lists what differs)."""
+
+    chapter: ClassVar[str] = "01"
+    seed: int = param(0, "base seed; seed s of a batch is seed + s", lo=0)
+    seeds: int = param(1000, "independent runs per Gaussian setting (vectorised)", lo=2, hi=1_000_000)
+    generations: int = param(1000, "generations after generation 0", lo=1, hi=1_000_000)
+    sample_sizes: list = param([100, 500, 1000, 10000], "M: samples per generation (the official notebook's values)",
+                               lo=2)
+    sampler: str = param("exact", "'exact' (sufficient statistics) or 'draws' (literally draw M samples)",
+                         choices=["exact", "draws"])
+    draws_check_seeds: int = param(1000, "seeds of the draws-vs-exact check, at the first M", lo=2, hi=1_000_000)
+    draws_check_generations: int = param(300, "generations of that check", lo=1, hi=1_000_000)
+    schedule_m0: int = param(100, "M_0 of the growing sample-size schedules and of the accumulate study", lo=2)
+    schedule_generations: int = param(1000, "generations of the schedule study", lo=1)
+    accumulate_seeds: int = param(1000, "seeds of the replace-vs-accumulate study", lo=2)
+    accumulate_generations: int = param(1000, "generations of that study", lo=1)
+    discrete_states: int = param(20, "states of the long-tailed categorical distribution", lo=2, hi=10_000)
+    discrete_zipf: float = param(1.1, "q_s proportional to 1 / s^zipf", lo=0.0, open_lo=True)
+    discrete_m: int = param(100, "samples per generation in the categorical recursion", lo=1)
+    discrete_seeds: int = param(2000, "independent categorical runs", lo=2)
+    discrete_max_generations: int = param(5000, "stop here even if some run is not yet absorbed", lo=1)
 
 
 # ------------------------------- the run plan --------------------------------------------------
-def _run(study: str, m_sizes, estimator: str, sampler: str, n_seeds: int, generations: int, seed: int,
-         regime: str = "replace", schedule: str = "constant", progress: bool = True, checkpoint_root=None):
-    ex = GaussianExperiment(ddof=ESTIMATORS[estimator], sampler=sampler)
+def _run(study: str, ex, m_sizes, estimator: str, n_seeds: int, generations: int, seed: int,
+         regime="replace", schedule: str = "constant", progress: bool = True, checkpoint_root=None):
     sizes = np.asarray(m_sizes, dtype=np.int64)
+    sampler = getattr(ex, "sampler", "exact")
     res = run_recursion(ex, ex.real(n_seeds, int(sizes[0]), seed), generations, regime=regime, seed=seed,
                         sizes=lambda g: int(sizes[g]), record=record_generations(generations),
                         columns={"study": study, "M": int(sizes[0]), "estimator": estimator,
@@ -73,31 +89,49 @@ def _run(study: str, m_sizes, estimator: str, sampler: str, n_seeds: int, genera
     return res.metrics
 
 
-def run_gaussian_studies(p: dict, progress: bool = True, checkpoint_root=None) -> pd.DataFrame:
+def with_estimator(experiment, estimator: str):
+    """A copy of a Gaussian experiment that fits with the named estimator (``mle``: ddof 0, ``unbiased``:
+    ddof 1) and is named after it; the main study runs the loop's experiment under both."""
+    out = copy.copy(experiment)
+    out.ddof = ESTIMATORS[estimator]
+    out.name = f"gaussian_{estimator}"
+    return out
+
+
+def default_loop(p) -> Loop:
+    """The chapter's main recursion: the Gaussian experiment with the preset's sampler, each generation
+    trained on its predecessor's samples alone (``replace``), for ``p.generations`` generations."""
+    return Loop(experiment=GaussianExperiment(sampler=p["sampler"]), regime="replace", generations=p["generations"])
+
+
+def run_gaussian_studies(p, loop: Loop | None = None, progress: bool = True, checkpoint_root=None) -> pd.DataFrame:
     """All Gaussian studies of chapter 01 at the given parameters; one tidy table.
 
+    ``main`` runs ``loop`` (default :func:`default_loop`) for every M and both estimators.
     ``draws_check`` runs the two samplers on *independent* seeds (the exact sampler's batch starts
     where the draws sampler's ends), so that its two-sample tests compare independent samples.
     With ``checkpoint_root`` every study checkpoints there, so an interrupted run resumes where it stopped.
     """
     from tqdm.auto import tqdm
 
-    G, S, seed = p["generations"], p["seeds"], p["seed"]
-    jobs = [("main", np.full(G + 1, m), est, p["sampler"], S, G, seed, "replace", "constant")
-            for m in p["sample_sizes"] for est in ESTIMATORS]
+    loop = default_loop(p) if loop is None else loop
+    S, seed = p["seeds"], p["seed"]
+    G = int(loop.generations)
+    jobs = [("main", with_estimator(loop.experiment, est), np.full(G + 1, m), est, S, G, seed, loop.regime,
+             "constant") for m in p["sample_sizes"] for est in ESTIMATORS]
     m0, Gd, Sd = int(p["sample_sizes"][0]), p["draws_check_generations"], p["draws_check_seeds"]
-    jobs += [("draws_check", np.full(Gd + 1, m0), "mle", smp, Sd, Gd, s0, "replace", "constant")
-             for smp, s0 in (("draws", seed), ("exact", seed + Sd))]
+    jobs += [("draws_check", GaussianExperiment(ESTIMATORS["mle"], smp), np.full(Gd + 1, m0), "mle", Sd, Gd, s0,
+              "replace", "constant") for smp, s0 in (("draws", seed), ("exact", seed + Sd))]
     Gs = p["schedule_generations"]
-    jobs += [("schedules", size_schedule(kind, p["schedule_m0"], Gs), "unbiased", "exact", S, Gs, seed, "replace",
-              kind) for kind in ("constant", "linear", "quadratic")]
+    jobs += [("schedules", GaussianExperiment(ESTIMATORS["unbiased"], "exact"), size_schedule(kind, p["schedule_m0"], Gs),
+              "unbiased", S, Gs, seed, "replace", kind) for kind in ("constant", "linear", "quadratic")]
     Ga = p["accumulate_generations"]
-    jobs += [("accumulate", np.full(Ga + 1, p["schedule_m0"]), "unbiased", "exact", p["accumulate_seeds"], Ga, seed,
-              regime, "constant") for regime in ("replace", "accumulate")]
+    jobs += [("accumulate", GaussianExperiment(ESTIMATORS["unbiased"], "exact"), np.full(Ga + 1, p["schedule_m0"]),
+              "unbiased", p["accumulate_seeds"], Ga, seed, regime, "constant") for regime in ("replace", "accumulate")]
     frames = []
-    for study, sizes, est, smp, n, gens, s0, regime, kind in tqdm(jobs, desc="Gaussian studies",
-                                                                   disable=progress_disabled(progress)):
-        frames.append(_run(study, sizes, est, smp, n, gens, s0, regime, kind, progress, checkpoint_root))
+    for study, ex, sizes, est, n, gens, s0, regime, kind in tqdm(jobs, desc="Gaussian studies",
+                                                                  disable=progress_disabled(progress)):
+        frames.append(_run(study, ex, sizes, est, n, gens, s0, regime, kind, progress, checkpoint_root))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -155,11 +189,16 @@ class Result:
                 "draws_vs_exact": draws_vs_exact(self), "summary": summary(self).reset_index()}
 
 
-def run(params: dict, progress: bool = True, checkpoint_root=None) -> Result:
-    """Chapter 01's experiments at the given (validated) parameters."""
-    df = run_gaussian_studies(params, progress, checkpoint_root)
-    cat, df_discrete, extinction = run_discrete(params, progress, checkpoint_root)
-    return Result(params, df, df_discrete, extinction, D.absorption_table(cat), cat)
+def run(p, loop: Loop | None = None, *, checkpoint_root=None, progress: bool = True) -> Result:
+    """Chapter 01's experiments at parameters ``p`` (a :class:`Params`, or a mapping of every value).
+
+    ``loop`` is the main recursion (default :func:`default_loop`): its experiment runs for every M under
+    both estimators, with its regime, for its number of generations.  The other studies (the samplers'
+    check, the size schedules, replace vs accumulate, the categorical chain) keep their own set-ups."""
+    p = p if isinstance(p, Params) else Params.from_values(p)
+    df = run_gaussian_studies(p, loop, progress, checkpoint_root)
+    cat, df_discrete, extinction = run_discrete(p, progress, checkpoint_root)
+    return Result(p, df, df_discrete, extinction, D.absorption_table(cat), cat)
 
 
 # ------------------------------- statistics helpers --------------------------------------------
@@ -237,7 +276,7 @@ def plot_official_view(result: Result, estimator: str = "mle"):
 
     main = _main(result, estimator)
     ms = sorted(main.M.unique())
-    fig, axes = _axes(1, 2, figsize=(11, 4.2))
+    fig, axes = _axes(1, 2, figsize=(10, 4.2))
     for m, col in zip(ms, palette(len(ms))):
         g, mu = seed_matrix(main, "mu", M=m)
         _, s2 = seed_matrix(main, "sigma2", M=m)
@@ -261,7 +300,7 @@ def plot_moments(result: Result):
     main = _main(result)
     G = int(main.generation.max())
     ms = sorted(main.M.unique())
-    fig, axes = _axes(1, 2, figsize=(11, 4.3))
+    fig, axes = _axes(1, 2, figsize=(10, 4.3))
     gg = np.arange(1, G + 1)
     for m, col in zip(ms, palette(len(ms))):
         g, mu = seed_matrix(main, "mu", M=m, estimator="unbiased")
@@ -367,7 +406,7 @@ def plot_accumulate(result: Result):
     from .plotting import finish, regime_colors
 
     sub = result.gaussian[result.gaussian.study == "accumulate"]
-    fig, axes = _axes(1, 2, figsize=(11, 4.2))
+    fig, axes = _axes(1, 2, figsize=(10, 4.2))
     for regime, col in zip(("replace", "accumulate"), regime_colors(("replace", "accumulate"))):
         g, w2 = w2_matrix(sub, regime=regime)
         _band(axes[0], g[1:], w2[1:], regime, col)
@@ -417,7 +456,7 @@ def plot_survival(result: Result):
     ex, last = result.categorical, result.last_discrete_generation
     g = np.unique(np.round(np.logspace(0, np.log10(max(last, 2)), 200)).astype(int))
     surv = D.survival_curves(ex, g)
-    fig, axes = _axes(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = _axes(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     norm = mpl.colors.LogNorm(ex.p0.min(), ex.p0.max())
     cmap = mpl.colormaps["viridis"]
     for s in range(ex.k):
@@ -532,11 +571,62 @@ def page_numbers(result: Result) -> dict:
         "c01_discrete_absorbed": _fmt_int((result.discrete.query("metric == 'absorbed_state'").value >= 0).sum()),
         "c01_discrete_last": _fmt_int(result.last_discrete_generation),
     }
+    out["c01_unreliable_sentence"] = unreliable_sentence(result)
+    out["c01_var_mu_sentence"] = var_mu_sentence(result)
     for regime in ("replace", "accumulate"):
         g, w2 = w2_matrix(acc, regime=regime)
         _, s2 = seed_matrix(acc, "sigma2", regime=regime)
         out[f"c01_acc_{regime}_w2"] = float(np.median(w2[-1]))
         out[f"c01_acc_{regime}_sigma2"] = float(np.median(s2[-1]))
+    return out
+
+
+def unreliable_sentence(result: Result) -> str:
+    """What the results table's rows past the horizon show in this run (Markdown): how many of their
+    simulated means and variances fall short of the exact values and how many exceed them."""
+    t = summary(result)
+    bad = t[~t["mean reliable"]]
+    if bad.empty:
+        return "In this run the seeds can estimate every mean at the last generation."
+    pairs = [(r["Var(mu) sim"], r["Var(mu) theory"]) for _, r in bad.iterrows()]
+    pairs += [(r["mean sigma2 sim"], r["E[sigma2] theory"]) for _, r in bad.iterrows()]
+    below = sum(sim < th for sim, th in pairs)
+    rows = "row" if len(bad) == 1 else "rows"
+    return (f"Where they cannot ({len(bad)} {rows} here), the simulated means and variances are carried by a few "
+            f"runs and can land on either side of the theory (of these {len(pairs)} values in this run, below it: "
+            f"{below}; above it: {len(pairs) - below}). Such a mean is usually below its expectation, "
+            "but a single rare run among the seeds can put it far above.")
+
+
+def var_mu_sentence(result: Result) -> str:
+    """Where this run's Var(mu_g) lies against the exact value, in standard errors, for every tested M
+    (Markdown), and how strongly the sample sizes share their random numbers."""
+    t = _moment_checks(result, "unbiased")
+    t = t[t.var_mu_se <= 0.25 * t.var_mu_theory]
+    if t.empty:
+        return "No sample size has enough seeds to pin the variance of the fitted mean down here."
+    z = (t.var_mu - t.var_mu_theory) / t.var_mu_se
+    parts = ", ".join(f"{z_:+.1f} at M = {m} (g = {g})" for m, g, z_ in zip(t.M, t.g, z))
+    out = f"In standard errors, the simulated variance of the fitted mean lies {parts} from the exact value."
+    far = [int(m) for m, z_ in zip(t.M, z) if abs(z_) > 2]
+    if far:
+        ms = " and ".join(f"M = {m}" for m in far)
+        out += (f" At {ms} it sits outside the ±2 standard errors drawn in the figure, though within the "
+                f"{Z_MAX:g} of the criterion.")
+        if len(t) >= 2:
+            main = _main(result, "unbiased")
+            m1, m2 = int(t.M.iloc[-2]), int(t.M.iloc[-1])
+            g = int(min(t.g.iloc[-2], t.g.iloc[-1]))
+            gg, a = seed_matrix(main, "mu", M=m1)
+            _, b = seed_matrix(main, "mu", M=m2)
+            i = int(np.flatnonzero(gg == g)[0]) if (gg == g).any() else len(gg) - 1
+            r = float(np.corrcoef(a[i], b[i])[0, 1])
+            out += (f" These deviations are not independent: every sample size draws the same standard normals "
+                    f"for a given seed and generation, so the fitted means of M = {m1} and M = {m2} move together "
+                    f"(correlation {r:.2f} over the seeds at generation {int(gg[i])}); a chance deviation of the seeds "
+                    "shows up at every M at once.")
+    else:
+        out += " Every one is within the ±2 standard errors drawn in the figure."
     return out
 
 
@@ -584,9 +674,11 @@ def _claim_var_mu(result: Result) -> Claim:
     visible = len(t) > 0 and finite(*z)
     measured = "; ".join(f"M = {r.M}, g = {r.g}: {r.var_mu:.3g} vs {r.var_mu_theory:.3g}" for r in t.itertuples())
     return Claim(
-        "mean-variance", "The fitted mean is a random walk: Var(μ̂_n) = σ² Σ_{i<n} 1/M_i (unbiased estimator)",
+        "mean-variance", "The fitted mean is a random walk: Var(μ̂_g) = σ² Σ_{i≤g} 1/M_i (unbiased estimator)",
         "σ² Σ 1/M_i", measured or "no generation where the seeds can tell", "fig-01-moments",
         judge(bool(len(t)) and bool((np.abs(z) < Z_MAX).all()), visible),
+        gate="enough seeds (about 35 or more) for the standard error of Var(μ̂) to be at most a quarter of it, "
+             "at a generation where the mean over the seeds is reliable",
         extra={"ratio_min": float(ratio.min()) if len(t) else float("nan"),
                "ratio_max": float(ratio.max()) if len(t) else float("nan"), "tested": len(t)})
 
@@ -597,9 +689,11 @@ def _claim_unbiased_mean(result: Result) -> Claim:
     visible = len(t) > 0 and finite(*z)
     measured = "; ".join(f"M = {r.M}, g = {r.g}: {r.mean_s2:.3f} ± {r.mean_s2_se:.3f}" for r in t.itertuples())
     return Claim(
-        "unbiased-mean", "Under the unbiased estimator E[σ̂²_n] = σ² at every generation (a martingale)",
+        "unbiased-mean", "Under the unbiased estimator E[σ̂²_g] = σ² at every generation (a martingale)",
         "stays σ² = 1", measured or "no generation where the seeds can tell", "fig-01-moments",
         judge(bool((np.abs(z) < Z_MAX).all()), visible),
+        gate=f"a generation after 0 where the mean of σ̂² over the seeds has a relative standard error of at most "
+             f"{MAX_REL_SE:.0%} (more seeds)",
         extra={"max_z": float(np.abs(z).max()) if len(t) else float("nan"), "tested": len(t),
                "last_g": int(t.g.max()) if len(t) else 0})
 
@@ -611,9 +705,11 @@ def _claim_mle_decay(result: Result) -> Claim:
     visible = bool(((1 - t.E_s2) > Z_MAX * t.mean_s2_se).any()) and finite(*z)
     measured = "; ".join(f"M = {r.M}, g = {r.g}: {r.mean_s2:.3f} (theory {r.E_s2:.3f})" for r in t.itertuples())
     return Claim(
-        "mle-decay", "With the MLE (ddof = 0, the official notebook) E[σ̂²_n] = σ² ((M−1)/M)^n decays",
-        "σ² ((M−1)/M)^n", measured or "no generation where the seeds can tell", "fig-01-moments",
-        judge(bool((np.abs(z) < Z_MAX).all()), visible),
+        "mle-decay", "With the MLE (ddof = 0, the official notebook) E[σ̂²_g] = σ² ((M−1)/M)^(g+1) decays",
+        "σ² ((M−1)/M)^n, with n = g + 1 fits", measured or "no generation where the seeds can tell",
+        "fig-01-moments", judge(bool((np.abs(z) < Z_MAX).all()), visible),
+        gate=f"a generation, within the seeds' horizon, where the predicted decay exceeds {Z_MAX:g} standard errors "
+             "(more generations and seeds)",
         extra={"max_z": float(np.abs(z).max()) if len(t) else float("nan")})
 
 
@@ -628,10 +724,13 @@ def _claim_as_collapse(result: Result) -> Claim:
     below = float((s2[-1] < 0.5).mean())
     # visible when the theory predicts the typical run to have lost at least half its variance
     visible = approx <= 0.5 and s2.shape[1] >= MIN_SEEDS_FOR_QUANTILES and finite(med)
+    long = theory_for(m, "unbiased", 100 * m)["log_sigma2_mean"]
+    g_half = int(np.argmax(long <= np.log(0.5)))  # the generation where the approximate median reaches 1/2
     return Claim(
-        "almost-sure-collapse", "Under the unbiased estimator σ̂²_n → 0 almost surely: the typical run loses its variance",
+        "almost-sure-collapse", "Under the unbiased estimator σ̂²_g → 0 almost surely: the typical run loses its variance",
         "→ 0", f"median σ̂² at g = {G} (M = {m}): {med:.3g} (log-normal approx. {approx:.3g}); "
         f"{below:.0%} of runs below σ²/2", "fig-01-as-collapse", judge(med < 0.5 and below > 0.5, visible),
+        gate=f"at least {MIN_SEEDS_FOR_QUANTILES} seeds and {g_half} generations at M = {m}",
         extra={"median": med, "lognormal_median": approx, "share_below_half": below, "m": m, "g": G})
 
 
@@ -671,6 +770,8 @@ def _claim_w2(result: Result) -> Claim:
         "w2-superlinear", "E[W₂²] to the original distribution grows without bound unless M_i grows superlinearly",
         "constant and linear M_i diverge; quadratic stays below 3σ²π²/(12 M_0)", measured, "fig-01-schedules",
         judge(follows and grows and bounded, visible),
+        gate=f"for the constant and linear schedules, at least 10 generations within the seeds' horizon over which "
+             f"the predicted growth exceeds {Z_MAX:g} standard errors (more seeds and generations)",
         extra={"constant_w1": r["constant"]["w1"], "constant_g1": r["constant"]["g1"], "linear_w1": r["linear"]["w1"],
                "linear_g1": r["linear"]["g1"], "quadratic_last": r["quadratic"]["last"], "bound": bound})
 
@@ -688,7 +789,7 @@ def _claim_tails(result: Result) -> Claim:
         "rising probability", "rank correlation of q_s with the extinction generation → +1",
         f"Spearman ρ = {rho:.2f} over {k} states ({runs} runs); mean extinction generation: rarest state "
         f"{t.t[rare]:.3g}, most likely {t.t[common]:.3g}", "fig-01-survival",
-        judge(rho >= 0.8, k >= 5 and runs >= 30 and finite(rho)),
+        judge(rho >= 0.8, k >= 5 and runs >= 30 and finite(rho)), gate="at least 5 states and 30 runs",
         extra={"rho": rho, "rarest_t": float(t.t[rare]), "common_t": float(t.t[common])})
 
 
@@ -702,6 +803,7 @@ def _claim_absorbed(result: Result) -> Claim:
         "absorbed-in-delta", "The chain ends in a delta function (one state left) with probability 1",
         "every run", f"{share:.1%} of {len(g)} runs absorbed by generation {last}", "fig-01-survival",
         judge(share >= 0.99, p["discrete_max_generations"] >= 20 * p["discrete_m"] and len(g) > 0),
+        gate=f"a run of at least 20 M = {20 * int(p['discrete_m'])} generations",
         extra={"share": share})
 
 
@@ -714,7 +816,7 @@ def _claim_absorption(result: Result) -> Claim:
         "absorption-probabilities", "A run is absorbed in state s with probability q_s, s's original probability",
         "frequency = q_s", f"χ² goodness of fit p = {test['p_value']:.3f} ({test['runs']} runs, {test['bins']} bins); "
         f"{test['inside_ci']} of {test['states']} q_s inside their 95 % interval", "fig-01-absorption",
-        judge(test["p_value"] >= 0.001, visible),
+        judge(test["p_value"] >= 0.001, visible), gate="at least 100 runs, 99 % of them absorbed",
         extra={"p_value": test["p_value"], "inside": test["inside_ci"], "states": test["states"]})
 
 
@@ -743,4 +845,6 @@ def claims(result: Result, params: dict | None = None) -> list[Claim]:
            _claim_w2(result), _claim_tails(result), _claim_absorbed(result), _claim_absorption(result)]
     for c in out:
         c.chapter = "01"
+        if c.verdict != NOT_VISIBLE:  # the gate is what a run too small to tell would need
+            c.gate = ""
     return out

@@ -273,16 +273,21 @@ class ChapterParams(Mapping):
         return cls(**{k: copy.deepcopy(v) for k, v in values.items()})
 
     # -- a read-only mapping ---------------------------------------------------------------
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        # dataclasses.fields, not __dataclass_fields__: that one also lists ClassVars such as ``chapter``
+        return tuple(f.name for f in dataclasses.fields(cls))
+
     def __getitem__(self, key: str) -> Any:
-        if key in self.__dataclass_fields__:
+        if key in self._names():
             return getattr(self, key)
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.__dataclass_fields__)
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return len(self.__dataclass_fields__)
+        return len(self._names())
 
     def to_dict(self) -> dict:
         return {k: copy.deepcopy(getattr(self, k)) for k in self}

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..core.engine import Experiment, GenerationContext
 
-__all__ = ["zipf_probs", "CategoricalExperiment", "wilson_interval", "sample_categorical", "absorption_table",
+__all__ = ["zipf_probs", "fit_counts", "CategoricalExperiment", "wilson_interval", "sample_categorical", "absorption_table",
            "survival_curves"]
 
 
@@ -37,6 +37,15 @@ def sample_categorical(p: np.ndarray, n: int, rng: np.random.Generator) -> np.nd
     return (idx - (rows.astype(np.int64) * k)).clip(0, k - 1)
 
 
+def fit_counts(data: np.ndarray, k: int) -> np.ndarray:
+    """The fit: each run's empirical frequencies of the states 0..k-1 in its samples (a row of
+    ``data``); a state drawn zero times gets probability 0 and can never come back.  One
+    ``bincount`` for all runs: run r's state s is counted at position r k + s."""
+    s, m = data.shape
+    offs = (np.arange(s)[:, None] * k + data).ravel()
+    return np.bincount(offs, minlength=s * k).reshape(s, k) / m
+
+
 class CategoricalExperiment(Experiment):
     """Refit a categorical distribution by counts, for many seeds at once (data: (n_seeds, M) state ids)."""
 
@@ -57,19 +66,22 @@ class CategoricalExperiment(Experiment):
         return sample_categorical(np.tile(self.p0, (n_seeds, 1)), m, make_rng(seed, 0, "data"))
 
     def fit(self, data: np.ndarray, ctx: GenerationContext) -> np.ndarray:
-        s, m = data.shape
-        offs = (np.arange(s)[:, None] * self.k + data).ravel()
-        p = np.bincount(offs, minlength=s * self.k).reshape(s, self.k) / m
+        p = fit_counts(data, self.k)
+        self._record(p, ctx.generation)
+        return p
+
+    def _record(self, p: np.ndarray, generation: int) -> None:
+        """Bookkeeping: the generation each state first lost its mass and each run became a delta."""
+        s = p.shape[0]
         if self.extinct_at is None:
             self.extinct_at = np.full((s, self.k), -1, dtype=np.int64)
             self.absorbed_at = np.full(s, -1, dtype=np.int64)
             self.absorbed_state = np.full(s, -1, dtype=np.int64)
         dead = (p == 0) & (self.extinct_at < 0)
-        self.extinct_at[dead] = ctx.generation
+        self.extinct_at[dead] = generation
         newly = ((p > 0).sum(axis=1) == 1) & (self.absorbed_at < 0)
-        self.absorbed_at[newly] = ctx.generation
+        self.absorbed_at[newly] = generation
         self.absorbed_state[newly] = p[newly].argmax(axis=1)
-        return p
 
     def sample(self, model: np.ndarray, n: int, ctx: GenerationContext) -> np.ndarray:
         return sample_categorical(model, n, ctx.rng("sample"))

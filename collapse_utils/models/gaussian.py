@@ -21,9 +21,10 @@ import numpy as np
 from scipy import special, stats
 
 from ..core.engine import Experiment, GenerationContext
+from ..core.storage import state_record
 
 __all__ = [
-    "SufficientStats", "GaussianExperiment", "ESTIMATORS", "gaussian_theory", "size_schedule",
+    "SufficientStats", "GaussianExperiment", "ESTIMATORS", "fit_gaussian", "sample_draws", "sample_sufficient_stats", "gaussian_theory", "size_schedule",
     "real_data", "w2_squared", "lognormal_quantile", "mean_rel_se",
 ]
 
@@ -32,6 +33,7 @@ __all__ = [
 ESTIMATORS = {"mle": 0, "unbiased": 1}
 
 
+@state_record  # engine data: stored in checkpoints as arrays and plain values
 @dataclass
 class SufficientStats:
     """Mean and sum of squared deviations of ``n`` samples, for each seed.
@@ -84,31 +86,50 @@ class GaussianExperiment(Experiment):
         return SufficientStats.from_samples(x) if self.sampler == "exact" else x
 
     def fit(self, data, ctx: GenerationContext):
-        if isinstance(data, SufficientStats):
-            mean, m2, n = data.mean, data.m2, data.n
-        else:
-            n = data.shape[1]
-            mean = data.mean(axis=1)
-            m2 = ((data - mean[:, None]) ** 2).sum(axis=1)
-        if n - self.ddof < 1:
-            raise ValueError(f"cannot fit a variance to {n} sample(s) with ddof={self.ddof}")
-        return mean, m2 / (n - self.ddof)
+        return fit_gaussian(data, self.ddof)
 
     def sample(self, model, n: int, ctx: GenerationContext):
         mean, var = model
         rng = ctx.rng("sample")
-        sd = np.sqrt(var)
         if self.sampler == "draws":
-            return mean[:, None] + sd[:, None] * rng.standard_normal((mean.shape[0], n))
-        if n < 2:
-            raise ValueError("the exact sampler needs n >= 2 samples per generation")
-        new_mean = mean + sd / np.sqrt(n) * rng.standard_normal(mean.shape[0])
-        m2 = var * 2.0 * rng.standard_gamma((n - 1) / 2.0, size=mean.shape[0])  # sigma^2 chi2_{n-1}
-        return SufficientStats(new_mean, m2, n)
+            return sample_draws(mean, var, n, rng)
+        return sample_sufficient_stats(mean, var, n, rng)
 
     def evaluate(self, model, comp, ctx: GenerationContext) -> dict:
         mean, var = model
         return {"mu": mean, "sigma2": var}
+
+
+def fit_gaussian(data, ddof: int):
+    """Each seed's fitted mean and variance (divisor ``n - ddof``), from its samples (seeds x n) or from
+    their sufficient statistics (the fit sees nothing else)."""
+    if isinstance(data, SufficientStats):
+        mean, m2, n = data.mean, data.m2, data.n
+    else:
+        n = data.shape[1]
+        mean = data.mean(axis=1)
+        m2 = ((data - mean[:, None]) ** 2).sum(axis=1)
+    if n - ddof < 1:
+        raise ValueError(f"cannot fit a variance to {n} sample(s) with ddof={ddof}")
+    return mean, m2 / (n - ddof)
+
+
+def sample_draws(mean, var, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The official notebook's step: ``n`` samples per seed from N(mean, var)."""
+    sd = np.sqrt(var)
+    return mean[:, None] + sd[:, None] * rng.standard_normal((mean.shape[0], n))
+
+
+def sample_sufficient_stats(mean, var, n: int, rng: np.random.Generator) -> SufficientStats:
+    r"""The exact sampler: the statistics of ``n`` samples from N(mean, var) drawn directly, the sample
+    mean :math:`\sim \mathcal N(\mu, \sigma^2/n)` and, independent of it, the sum of squared deviations
+    :math:`\sim \sigma^2\chi^2_{n-1}` (a chi-square with k degrees of freedom is 2 Gamma(k/2))."""
+    if n < 2:
+        raise ValueError("the exact sampler needs n >= 2 samples per generation")
+    sd = np.sqrt(var)
+    new_mean = mean + sd / np.sqrt(n) * rng.standard_normal(mean.shape[0])
+    m2 = var * 2.0 * rng.standard_gamma((n - 1) / 2.0, size=mean.shape[0])  # sigma^2 chi2_{n-1}
+    return SufficientStats(new_mean, m2, n)
 
 
 def real_data(n_seeds: int, m: int, seed: int, mu: float = 0.0, sigma: float = 1.0) -> np.ndarray:
