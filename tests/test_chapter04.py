@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from collapse_utils.chapters import language_models as ch
-from collapse_utils.chapters.claims import CONTRADICTED, NOT_VISIBLE, REPRODUCED
+from collapse_utils.chapters.claims import CONTRADICTED, NOT_RUN, NOT_VISIBLE, REPRODUCED
+from collapse_utils.core.params import ParamError
 from collapse_utils.tooling.config import load_preset
 
 P = load_preset("cpu", "04")
@@ -88,12 +89,17 @@ def test_a_run_too_small_to_tell_is_not_visible():
     # one generation: a rise over the generations cannot be told from one step
     v = _verdicts(_result(a=(118, 150), b=(117, 120), abl=(118, 200)))
     assert v["a-rises"] == NOT_VISIBLE and v["data-more-probable"] == REPRODUCED
-    # an ablation with one penalty, and that one none: the penalty claims have nothing to test
+    # an ablation with one penalty, and that one none: the penalty comparisons were not run
     v = _verdicts(_result(), {**P, "repetition_penalty": 1.0, "ablation_penalties": [1.0]})
-    assert v["penalty-no-prevent"] == NOT_VISIBLE and v["penalty-worse"] == NOT_VISIBLE
-    # no comparison seeds: the comparisons were not run
+    assert v["penalty-no-prevent"] == NOT_RUN and v["penalty-worse"] == NOT_RUN
+    # no comparison seeds: the comparisons were not run (not "too small to tell")
     v = _verdicts(_result(), {**P, "comparison_seeds": 0})
-    assert v["chained-prompts-worse"] == NOT_VISIBLE and v["penalty-worse"] == NOT_VISIBLE
+    assert v["chained-prompts-worse"] == NOT_RUN and v["penalty-worse"] == NOT_RUN
+    # every "not visible" verdict says what it needs
+    for c in ch.claims(_result(base=118.5), P):
+        assert c.verdict == NOT_VISIBLE and "by more than 1 % from the base's, against +0.1 % in this run" in c.gate
+    gate = {c.id: c.gate for c in ch.claims(short, P)}["long-tail"]
+    assert gate == "at least 3 generations after model 0, against 2 in this run"  # only what the run misses
 
 
 def test_a_seed_that_does_not_rise_contradicts_the_rise():
@@ -157,3 +163,69 @@ def test_comparison_settings_follow_the_parameters():
     assert ch.setting_spec(P, "penalty-1")["penalty"] == 1.0
     with pytest.raises(ValueError, match="penalty-<number>"):
         ch.setting_spec(P, "penalty-x")
+
+
+def test_presets_list_only_what_differs_from_the_declaration():
+    import yaml
+
+    from collapse_utils.tooling.config import PRESET_DIR
+
+    raw = yaml.safe_load((PRESET_DIR / "04.yaml").read_text())
+    assert set(raw) == {"smoke", "paper"}  # cpu = the declared defaults
+    defaults = ch.Params.defaults()
+    for name, section in raw.items():
+        same = sorted(k for k, v in section.items() if defaults[k] == v)
+        assert not same, f"preset {name} repeats the defaults of {same}"
+    assert P == defaults and ch.Params.from_values({**P, "preset": "cpu", "run_name": ""}).seeds == 3
+
+
+def test_parameter_messages_name_the_problem():
+    with pytest.raises(ParamError) as e:
+        ch.Params.check({**P, "keep_fraction": 1.5, "seeds": 0})
+    assert "keep_fraction must lie in (0.0, 1.0), got 1.5" in str(e.value) and "seeds must lie in [1, 100]" in str(e.value)
+    with pytest.raises(ParamError, match=r"hidden_size \(128\) must be divisible by num_heads \(3\)"):
+        ch.Params.check({**P, "num_heads": 3})
+    with pytest.raises(ParamError, match="model_name must be 'local-opt'"):
+        ch.Params.check({**P, "model_name": " "})
+
+
+def test_setting_labels_say_what_ran():
+    spec = ch.setting_spec(P, "b")
+    assert ch.setting_label("b", spec) == "(b) 10% original data kept, 10 epochs"
+    # early stopping ended the fits sooner: the label says how many epochs ran
+    assert ch.setting_label("b", spec, 3.0) == "(b) 10% original data kept, up to 10 epochs (3.0 run on average)"
+    assert ch.setting_label("a", ch.setting_spec(P, "a"), 5.0) == "(a) no original data, 5 epochs"
+    labels = ch._labels(P, _result().metrics)  # the made-up metrics ran 3 epochs per fit
+    assert labels["a"] == "(a) no original data, up to 5 epochs (3.0 run on average)"
+
+
+def test_page_sentences_follow_the_numbers():
+    # the tail: grows, shrinks or stays, as the ratio does (spreads are the 95th percentile / median)
+    grows = ch.tail_markdown(ch.claims(_result(), P))
+    assert "grows from 1.20 at generation 1 to 1.60 at generation 5" in grows
+    shrinks = ch.tail_markdown(ch.claims(_result(spreads=(1.8, 1.6, 1.5, 1.4, 1.3, 1.2)), P))
+    assert "falls from 1.60 at generation 1 to 1.20" in shrinks and "shrinks" in shrinks
+    flat = ch.tail_markdown(ch.claims(_result(spreads=(1.8, 1.14, 1.14, 1.14, 1.14, 1.14)), P))
+    assert "stays at 1.14" in flat and "grow" not in flat
+    # epochs: one epoch allowed says nothing about further epochs
+    res = _result()
+    res.metrics["epochs"] = np.where(res.metrics.setting == "b", 10, 1)
+    one = ch.epochs_markdown(ch.claims(res, P), P)
+    assert "single epoch" in one and "only made the model worse" not in one
+    res.metrics["epochs"] = np.where(res.metrics.setting == "b", 10, 5)
+    five = ch.epochs_markdown(ch.claims(res, P), P)  # made-up fits: 3 epochs run, the first kept after model 0
+    assert "ended its fits after 3.0 epochs on average" in five and "In 10 of the 10 fits" in five
+    assert "only made the model worse" in five and "contrast of 5 against 10 epochs did not happen" in five
+    # the course: a peak inside the run is named, and a seed far from the others
+    peak = _result(a=(118, 150, 250, 230, 220, 210))
+    text = ch.course_markdown(peak, {"a": "(a)", "b": "(b)"})
+    assert "up to 251.2 at generation 2, then falls to 211.1 by generation 5" in text
+    three = _result(seeds=(0, 1, 2))
+    m = three.metrics
+    m.loc[(m.setting == "b") & (m.seed == 2) & (m.generation == 5) & (m.metric == "test_ppl"), "value"] = 100.0
+    text = ch.course_markdown(three, {"a": "(a)", "b": "(b)"})
+    assert "seed 2 at 100.0, 23% below the seeds' median" in text and "seed 0" not in text
+    # near-degenerate text: measured against a tenth of the real median
+    deg = ch.degenerate_markdown(_result(medians=(134, 36, 38, 41, 44, 10)))
+    assert "below 13.4" in deg and "low-perplexity mass" in deg
+    assert "low-perplexity mass" not in ch.degenerate_markdown(_result())

@@ -143,6 +143,26 @@ def test_generation_gives_exactly_64_new_tokens_even_when_eos_is_likely():
     assert torch.equal(out, again)  # beam search is deterministic and independent of batching
 
 
+def test_the_generation_step_shown_on_the_page_gives_the_tokens_of_the_fast_path():
+    """The page shows ``beam_continuations`` (transformers' generate); on a CPU the chapter runs
+    ``lm_beam.beam_search`` instead: the same tokens, row for row, at the chapter's settings."""
+    from collapse_utils.models import lm_beam
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the chapter computes (threads_per_run = 1)
+    try:
+        model = _tiny_model(vocab=64, seed=3)
+        prompts = torch.randint(3, 64, (6, 16), generator=torch.Generator().manual_seed(4))
+        assert lm_beam.fast_beam_unsupported_reason(model, prompts, 12, 5) is None  # the fast path applies
+        for penalty in (1.0, 2.0):
+            shown = lm_train.beam_continuations(model, prompts, 12, 5, penalty)
+            ran = lm_train.generate_continuations(model, prompts, 12, 5, penalty, batch_size=4)
+            assert shown.shape == ran.shape == (6, 12)
+            assert torch.equal(shown, ran), f"penalty {penalty}: the fast path differs from generate"
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_offline_by_name_path_loads_a_saved_opt(tiny, tmp_path):
     """The paper preset's from_pretrained(name) path, with a tiny OPT saved to a local folder."""
     data, _, _ = tiny
@@ -150,7 +170,7 @@ def test_offline_by_name_path_loads_a_saved_opt(tiny, tmp_path):
     tok = lm_data.load_tokenizer(data.tokenizer_path)
     lm_train.new_local_model(lm_train.tiny_opt_config(len(tok), 16, 1, 2), 7, folder, tok)
     p = {**TINY, "model_name": str(folder)}
-    ch.validate_params(p)
+    ch.Params.check(p)
     d2 = lm.prepare_data(p, cache=tmp_path / "tokcache")  # tokenised with AutoTokenizer.from_pretrained(folder)
     assert d2.tokenizer_path == str(folder) and d2.train.shape[1] == 64 and len(d2.base) == 0
     base = lm.prepare_base(p, d2, tmp_path / "unused")
@@ -175,7 +195,7 @@ def test_keep_real_bookkeeping(tiny, tmp_path):
     assert list(book.n_synthetic) == [0, n - k, n - k]
     from collapse_utils.core.engine import Checkpoints
 
-    state = __import__("pickle").loads(Checkpoints(tmp_path / "ckpt").files()[0].read_bytes())
+    state = Checkpoints(tmp_path / "ckpt").load_newest()
     comp = state["composition"]
     real_rows = {tuple(r) for r in data.train.tolist()}
     assert all(tuple(r) in real_rows for r in comp.data[:k].tolist())  # the kept blocks are original blocks
@@ -253,27 +273,51 @@ def test_seeds_in_worker_processes_give_the_same_results(tiny, tmp_path):
     assert (one.bookkeeping.n_real.tolist(), two.bookkeeping.n_real.tolist()) == ([20, 2] * 2, [20, 2] * 2)
 
 
+def test_a_piece_of_the_loop_swapped_on_the_page_runs(tiny, tmp_path):
+    """The notebook assembles setting (a)'s loop and passes it to ``run``: swapping its regime for
+    ``keep_real(0.5)`` runs that recursion (half of the real blocks kept each generation), and the
+    default loop's is ``replace`` (none kept); setting (b) keeps its own regime either way."""
+    import collapse_utils as cu
+
+    data, base, _ = tiny
+    p = ch.Params.from_values({**TINY, "seeds": 1, "generations": 1, "comparison_seeds": 0})
+    default = ch.default_loop(p, data, base)
+    assert str(default.regime) == "replace" and default.generations == 1
+    assert (default.experiment.epochs, default.experiment.repetition_penalty) == (p.epochs_a, p.repetition_penalty)
+    swapped = cu.Loop(experiment=default.experiment, regime="keep_real(0.5)", generations=p.generations)
+    res = ch.run(p, swapped, checkpoint_root=tmp_path / "ckpt", progress=False)
+    m = res.metrics
+    assert set(m.loc[m.setting == "a", "regime"]) == {"keep_real(0.5)"}
+    assert set(m.loc[m.setting == "b", "regime"]) == {"keep_real(0.1)"}
+    book = res.bookkeeping.set_index(["setting", "generation"])
+    n = len(data.train)
+    assert (book.loc[("a", 1), "n_real"], book.loc[("a", 1), "n_synthetic"]) == (n // 2, n - n // 2)
+    assert res.labels["a"].startswith("(a) 50% original data kept")
+    assert np.isfinite(m.loc[m.metric == "test_ppl", "value"]).all()
+    assert default.experiment.state["per_seq"] == {}  # the page's experiment is a template: runs use copies
+
+
 # ---------------------------------------------------------------------------------------------
 # parameters
 # ---------------------------------------------------------------------------------------------
 def test_bad_parameters_give_one_error_listing_all():
     bad = {**TINY, "seeds": 0, "data_config": "wikitext-103", "keep_fraction": 1.5, "num_heads": 3}
     with pytest.raises(ParamError) as e:
-        ch.validate_params(bad)
+        ch.Params.check(bad)
     msg = str(e.value)
     assert "seeds" in msg and "data_config" in msg and "keep_fraction" in msg
     with pytest.raises(ParamError, match="divisible"):
-        ch.validate_params({**TINY, "num_heads": 3})
+        ch.Params.check({**TINY, "num_heads": 3})
     with pytest.raises(ParamError, match="comparison_seeds"):
-        ch.validate_params({**TINY, "comparison_seeds": 5})
+        ch.Params.check({**TINY, "comparison_seeds": 5})
     with pytest.raises(ParamError, match="ablation_penalties"):
-        ch.validate_params({**TINY, "ablation_penalties": [1.0, 1.0]})
+        ch.Params.check({**TINY, "ablation_penalties": [1.0, 1.0]})
     with pytest.raises(ParamError, match="prompts"):
-        ch.validate_params({**TINY, "prompts": "synthetic"})
+        ch.Params.check({**TINY, "prompts": "synthetic"})
     with pytest.raises(ParamError, match="tokenize"):
-        ch.validate_params({**TINY, "tokenize": "words"})
+        ch.Params.check({**TINY, "tokenize": "words"})
     with pytest.raises(ParamError, match="wikitext-2-v1"):
-        ch.validate_params({**TINY, "data_config": "wikitext-2-raw-v1"})
+        ch.Params.check({**TINY, "data_config": "wikitext-2-raw-v1"})
 
 
 def test_paper_preset_is_the_paper():
@@ -364,7 +408,7 @@ def test_raw_wikitext_with_the_hf_recipe_and_an_opt_saved_by_save_pretrained(tmp
     p = {**TINY, "model_name": str(folder), "data_config": "wikitext-2-raw-v1", "tokenize": "hf_clm",
          "drop_headings": False, "train_blocks": 12, "valid_blocks": 4, "test_blocks": 6, "generations": 1,
          "seeds": 1, "comparison_seeds": 0, "repetition_penalty": 1.0}
-    ch.validate_params(p)
+    ch.Params.check(p)
     data = lm.prepare_data(p, cache=tmp_path / "tokcache")
     assert [c[2] for c in calls] == ["train"]  # validation and test came from the verified local files
     # the recipe: every row through tokenizer(rows) with special tokens -- </s> before each, a blank row a lone </s>

@@ -196,7 +196,8 @@ def test_chapters_that_use_language_models_install_the_lm_extra():
 
     for cid, ch in config.available_chapters().items():
         src = inspect.getsource(importlib.import_module(ch.module))
-        uses_lm = "transformers" in src or "from ..lm" in src or "import lm" in src
+        uses_lm = "transformers" in src or re.search(r"from \.\.models(\.lm\w*)? import .*\blm", src) is not None \
+            or re.search(r"from \.\.models\.lm\w* import", src) is not None
         assert ("lm" in page.CHAPTER_EXTRAS[cid]) == uses_lm, cid
 
 

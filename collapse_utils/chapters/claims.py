@@ -23,12 +23,23 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
+__all__ = ["KINDS", "COLLAPSE_DEFINITIONS", "VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
            "read_claims", "scorecard_markdown"]
 
 REPRODUCED, NOT_VISIBLE, CONTRADICTED, NOT_RUN = VERDICTS = (
     "reproduced", "not visible at this preset", "contradicted", "not run at this preset")
-COLUMNS = ["chapter", "id", "statement", "paper", "measured", "evidence", "verdict", "gate"]
+COLUMNS = ["chapter", "id", "statement", "paper", "measured", "evidence", "verdict", "gate", "kind", "collapse"]
+#: what a claim is: a paper's finding reproduced, an exact formula checked, or two arms of this book compared
+KINDS = ("reproduction", "theory check", "comparison")
+#: which definition of "model collapse" a claim tests (Schaeffer et al. 2025 list several)
+COLLAPSE_DEFINITIONS = {
+    "tails": "the tails of the distribution disappear",
+    "variance": "the fitted spread shrinks towards zero",
+    "error-rises": "the error against the real data rises over generations",
+    "error-unbounded": "the error grows without bound",
+    "error-bounded": "the error stays bounded (collapse avoided)",
+    "none": "no collapse definition (a property of the method)",
+}
 
 
 @dataclass
@@ -46,10 +57,18 @@ class Claim:
     #: what the run must have for the claim to be testable (e.g. "at least 8 seeds and 50 generations");
     #: printed beside a "not visible at this preset" verdict, so the page says why it cannot tell
     gate: str = ""
+    #: one of KINDS ("" until a chapter labels its claims)
+    kind: str = ""
+    #: a key of COLLAPSE_DEFINITIONS: the definition of collapse the claim tests
+    collapse: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.kind and self.kind not in KINDS:
+            raise ValueError(f"claim kind must be one of {KINDS}, got {self.kind!r}")
+        if self.collapse and self.collapse not in COLLAPSE_DEFINITIONS:
+            raise ValueError(f"collapse definition must be one of {sorted(COLLAPSE_DEFINITIONS)}, got {self.collapse!r}")
         if not self.id or any(c.isspace() for c in self.id):
             raise ValueError(f"claim id must be a non-empty word, got {self.id!r}")
 

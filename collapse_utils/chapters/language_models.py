@@ -22,22 +22,25 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from .claims import Claim, finite, judge
-from ..core.params import Checker
-from ..core.engine import run_recursion
+from .claims import NOT_RUN, Claim, finite, judge
+from ..core.params import ChapterParams, Checker, param
+from ..core.engine import Loop, run_recursion
 from ..models.lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
 from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
 from .plotting import finish, palette, regime_colors
 from ..core.regimes import parse_regime
 
 __all__ = [
+    "Params",
+    "default_loop",
     "SETTINGS",
     "LMResult",
     "SettingResult",
@@ -45,6 +48,12 @@ __all__ = [
     "claims",
     "collect",
     "combine",
+    "course_markdown",
+    "degenerate_markdown",
+    "epochs_markdown",
+    "glue_page_text",
+    "page_text",
+    "tail_markdown",
     "comparison_markdown",
     "continuations_markdown",
     "histogram_table",
@@ -60,53 +69,93 @@ __all__ = [
     "run_setting",
     "run_settings",
     "comparison_settings",
+    "setting_label",
     "setting_spec",
+    "base_cache",
     "test_perplexity_table",
     "training_table",
-    "validate_params",
 ]
 
 SETTINGS = ("a", "b")  # the main settings; comparison_settings(p) lists the comparisons
-SETTING_LABELS = {
-    "a": "(a) {epochs} {ep}, no original data",
-    "b": "(b) {epochs} {ep}, {pct:g}% original data kept",
-    "prompts": "(a) with {prompts} prompts",
-    "penalty": "(a) with repetition penalty {penalty:g}",
-}
 # A run can only show collapse if fine-tuning on the real data moves the model at all: model 0's test
 # perplexity must differ from the base's by more than this share (the smoke preset's models barely learn).
 LEARNS = 0.01
 # Setting (b) "degrades only slightly": its relative rise is at most this share of setting (a)'s.
 SLIGHT = 0.5
+# Fig. "test perplexity": its y axis spans at least this share of the plotted level
+MIN_SPAN = 0.1
 
 
 # --------------------------------------------------------------------------------------------
 # parameters and inputs
 # --------------------------------------------------------------------------------------------
-def validate_params(p: dict) -> None:
-    """Check every parameter; raise one ParamError listing all problems (before any compute)."""
-    c = Checker(p, "04")
-    c.int("seeds", 1, 100).int("generations", 1, 1000)
-    c.choice("data_config", DATA_CONFIGS).choice("drop_headings", (True, False))
-    name = p.get("model_name")
-    c.check(isinstance(name, str) and bool(name.strip()),
-            f"model_name must be '{LOCAL_MODEL}' or a Hugging Face model name/folder, got {name!r}")
-    c.int("vocab_size", 300, 200_000).int("hidden_size", 8, 8192).int("num_layers", 1, 64).int("num_heads", 1, 128)
-    c.int("base_blocks", 0).int("base_epochs", 0, 1000).float("base_lr", 0.0, 1.0, open_lo=True)
-    c.int("train_blocks", 0).int("valid_blocks", 0).int("test_blocks", 0)
-    c.int("block_size", 2, 1024).int("num_beams", 1, 64).float("repetition_penalty", 0.0, 100.0, open_lo=True)
-    c.int("epochs_a", 1, 1000).int("epochs_b", 1, 1000).float("keep_fraction", 0.0, 1.0, open_lo=True, open_hi=True)
-    c.float("lr", 0.0, 1.0, open_lo=True).int("batch_size", 1, 1 << 16).int("gen_batch_size", 1, 1 << 16)
-    c.int("patience", 0, 1000).int("parallel_runs", 1, 64).int("threads_per_run", 1, 256)
-    c.choice("prompts", PROMPT_SOURCES).choice("tokenize", TOKENIZE_MODES)
-    c.int("comparison_seeds", 0, 100)
-    pens = p.get("ablation_penalties")
-    c.check(isinstance(pens, (list, tuple)) and len(pens) > 0 and len(set(pens)) == len(pens)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 100 for x in pens),
-            f"ablation_penalties must be a non-empty list of distinct numbers in (0, 100], got {pens!r}")
-    c.ints("hist_generations", lo=0).int("prompt_index", 0)
-    ok = not c.problems
-    if ok:
+@dataclass(frozen=True)
+class Params(ChapterParams):
+    """Chapter 04's parameters; the defaults are the ``cpu`` preset (presets/04.yaml lists what differs).
+
+    The local OPT's parameters (``vocab_size``, ``hidden_size``, ``num_layers``, ``num_heads``,
+    ``base_*``) are ignored when ``model_name`` is a Hugging Face model (the paper preset)."""
+
+    chapter: ClassVar[str] = "04"
+    seeds: int = param(3, "seeds per setting (0, 1, ...); the paper uses 5", lo=1, hi=100)
+    generations: int = param(5, "generations after model 0; the paper uses 9", lo=1, hi=1000)
+    data_config: str = param("wikitext-2-v1", "wikitext-2-v1 (local, tokenised release) or wikitext-2-raw-v1 "
+                             "(the paper's, through Hugging Face datasets)", choices=DATA_CONFIGS)
+    model_name: str = param(LOCAL_MODEL, "'local-opt' (a small OPT pretrained here) or a Hugging Face "
+                            "name/folder", kind="any")
+    drop_headings: bool = param(True, "drop WikiText's section-heading lines; the paper keeps them",
+                                choices=(True, False))
+    tokenize: str = param("lines", "lines (non-blank lines, no special tokens) or hf_clm (Hugging Face's "
+                          "causal-LM recipe)", choices=TOKENIZE_MODES)
+    prompts: str = param("original", "original (the paper: continue the original blocks) or chained (the "
+                         "previous generation's text)", choices=PROMPT_SOURCES)
+    vocab_size: int = param(2048, "local tokenizer: byte-level BPE vocabulary size", lo=300, hi=200_000)
+    hidden_size: int = param(128, "local OPT: hidden size", lo=8, hi=8192)
+    num_layers: int = param(2, "local OPT: decoder layers", lo=1, hi=64)
+    num_heads: int = param(4, "local OPT: attention heads", lo=1, hi=128)
+    base_blocks: int = param(8000, "local OPT: held-out training blocks that pretrain the base", lo=0)
+    base_epochs: int = param(2, "local OPT: pretraining epochs", lo=0, hi=1000)
+    base_lr: float = param(0.003, "local OPT: pretraining learning rate", lo=0.0, hi=1.0, open_lo=True)
+    train_blocks: int = param(512, "real training blocks of the recursion (0: the whole split)", lo=0)
+    valid_blocks: int = param(64, "validation blocks for checkpoint selection (0: the whole split)", lo=0)
+    test_blocks: int = param(256, "test blocks for perplexity (0: the whole split)", lo=0)
+    block_size: int = param(64, "tokens per block, and new tokens generated per block", lo=2, hi=1024)
+    num_beams: int = param(5, "beam width of the generation", lo=1, hi=64)
+    repetition_penalty: float = param(2.0, "repetition penalty of settings (a) and (b) (the paper's text: "
+                                      "none; its official code: 3.0)", lo=0.0, hi=100.0, open_lo=True)
+    epochs_a: int = param(5, "setting (a): epochs allowed per generation", lo=1, hi=1000)
+    epochs_b: int = param(10, "setting (b): epochs allowed per generation", lo=1, hi=1000)
+    keep_fraction: float = param(0.1, "setting (b): share of the original blocks kept each generation",
+                                 lo=0.0, hi=1.0, open_lo=True, open_hi=True)
+    lr: float = param(0.0003, "fine-tuning learning rate (AdamW, cosine schedule per epoch)", lo=0.0, hi=1.0,
+                      open_lo=True)
+    batch_size: int = param(16, "fine-tuning batch size (global)", lo=1, hi=1 << 16)
+    patience: int = param(2, "stop fine-tuning after this many epochs without improvement (0: never)",
+                          lo=0, hi=1000)
+    gen_batch_size: int = param(32, "prompts per beam-search call", lo=1, hi=1 << 16)
+    comparison_seeds: int = param(2, "seeds of the comparisons (setting a): other prompts, other penalties",
+                                  lo=0, hi=100)
+    parallel_runs: int = param(2, "seeds run side by side in worker processes (CPU only; wall time only)",
+                               lo=1, hi=64)
+    threads_per_run: int = param(1, "torch CPU threads of each run (and of the base): part of the result",
+                                 lo=1, hi=256)
+    ablation_penalties: list = param([1.0, 2.0], "the paper's ablation: no penalty vs 2.0 (setting a, "
+                                     "comparison seeds)", kind="any")
+    hist_generations: list = param([0, 1, 2, 3, 5, 9], "generations shown in the perplexity histograms (if "
+                                   "run)", lo=0)
+    prompt_index: int = param(0, "test block whose continuation is shown for every generation", lo=0)
+
+    @classmethod
+    def cross_checks(cls, c: Checker, p) -> None:
+        name = p["model_name"]
+        c.check(isinstance(name, str) and bool(name.strip()),
+                f"model_name must be '{LOCAL_MODEL}' or a Hugging Face model name/folder, got {name!r}")
+        pens = p["ablation_penalties"]
+        c.check(isinstance(pens, (list, tuple)) and len(pens) > 0 and len(set(pens)) == len(pens)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x <= 100 for x in pens),
+                f"ablation_penalties must be a non-empty list of distinct numbers in (0, 100], got {pens!r}")
+        if c.problems:
+            return
         local = p["model_name"] == LOCAL_MODEL
         c.check(not local or p["data_config"] == "wikitext-2-v1",
                 f"model_name='{LOCAL_MODEL}' trains its tokenizer on the offline wikitext-2-v1 training split; "
@@ -123,7 +172,6 @@ def validate_params(p: dict) -> None:
         c.check(p["test_blocks"] == 0 or p["prompt_index"] < p["test_blocks"],
                 f"prompt_index ({p['prompt_index']}) must be < test_blocks ({p['test_blocks']})")
         c.check(local or p["block_size"] * 2 <= 2048, "block_size too long for OPT's 2048 positions")
-    c.done()
 
 
 def _offline(*extra: str) -> bool:
@@ -172,11 +220,11 @@ def check_inputs(p: dict) -> None:
                 "variables, or pass a folder written by save_pretrained, or use model_name='local-opt'")
 
 
-def _other_prompts(p: dict) -> str:
-    return next(x for x in PROMPT_SOURCES if x != p["prompts"])
+def _other_prompts(prompts: str) -> str:
+    return next(x for x in PROMPT_SOURCES if x != prompts)
 
 
-def comparison_settings(p: dict) -> list[str]:
+def comparison_settings(p) -> list[str]:
     """The comparison settings this run makes (none with ``comparison_seeds = 0``): setting (a) with the
     other prompt source, and with each ablation penalty that is not the main one."""
     if not p["comparison_seeds"]:
@@ -185,14 +233,24 @@ def comparison_settings(p: dict) -> list[str]:
                           if float(x) != float(p["repetition_penalty"])]
 
 
-def setting_spec(p: dict, setting: str) -> dict:
-    """Regime, epochs, prompt source, repetition penalty, seeds and label of one setting."""
-    spec = {"regime": "replace", "epochs": p["epochs_a"], "penalty": float(p["repetition_penalty"]),
-            "prompts": p["prompts"], "seeds": list(range(p["seeds"]))}
+def setting_spec(p, setting: str, loop: Loop | None = None) -> dict:
+    """Regime, epochs, prompt source, repetition penalty and seeds of one setting.
+
+    Setting (a) is the loop's experiment and regime (without a loop: the preset's, as
+    :func:`default_loop` builds it); (b) and the comparisons change one piece of it.
+    """
+    if loop is None:
+        spec = {"regime": "replace", "epochs": int(p["epochs_a"]), "penalty": float(p["repetition_penalty"]),
+                "prompts": p["prompts"]}
+    else:
+        e = loop.experiment
+        spec = {"regime": str(loop.regime), "epochs": int(e.epochs), "penalty": float(e.repetition_penalty),
+                "prompts": e.prompts}
+    spec["seeds"] = list(range(p["seeds"]))
     if setting == "b":
-        spec.update(regime=f"keep_real({p['keep_fraction']:g})", epochs=p["epochs_b"])
+        spec.update(regime=f"keep_real({p['keep_fraction']:g})", epochs=int(p["epochs_b"]))
     elif setting == "prompts":
-        spec.update(prompts=_other_prompts(p), seeds=list(range(p["comparison_seeds"])))
+        spec.update(prompts=_other_prompts(spec["prompts"]), seeds=list(range(p["comparison_seeds"])))
     elif setting.startswith("penalty-"):
         try:
             pen = float(setting.split("-", 1)[1])
@@ -201,20 +259,71 @@ def setting_spec(p: dict, setting: str) -> dict:
         spec.update(penalty=pen, seeds=list(range(p["comparison_seeds"])))
     elif setting != "a":
         raise ValueError(f"setting must be 'a', 'b', 'prompts' or 'penalty-<x>', got {setting!r}")
-    key = "penalty" if setting.startswith("penalty-") else setting
-    spec["label"] = SETTING_LABELS[key].format(epochs=spec["epochs"], pct=100 * p["keep_fraction"],
-                                               penalty=spec["penalty"], prompts=spec["prompts"],
-                                               ep="epoch" if spec["epochs"] == 1 else "epochs")
     return spec
 
 
-def _labels(p: dict) -> dict:
-    return {s: setting_spec(p, s)["label"] for s in (*SETTINGS, *comparison_settings(p))}
+def _kept_words(regime: str) -> str:
+    r = parse_regime(regime)
+    if r.name == "keep_real":
+        return f"{100 * r.fraction:g}% original data kept"
+    return {"replace": "no original data", "accumulate": "all earlier data kept",
+            "accumulate_subsample": "all earlier data subsampled"}.get(r.name, str(r))
+
+
+def setting_label(setting: str, spec: dict, epochs_run: float | None = None) -> str:
+    """A setting's name on the page, from what it ran: its data regime and its epochs -- the epochs
+    allowed, and, where early stopping ended fits sooner, how many ran on average."""
+    allowed = int(spec["epochs"])
+    ep = f"{allowed} epoch{'s' if allowed != 1 else ''}"
+    if epochs_run is not None and finite(epochs_run) and epochs_run < allowed - 1e-9:
+        ep = f"up to {allowed} epochs ({epochs_run:.1f} run on average)"
+    if setting in ("a", "b"):
+        return f"({setting}) {_kept_words(spec['regime'])}, {ep}"
+    if setting == "prompts":
+        return f"(a) with {spec['prompts']} prompts"
+    return f"(a) with repetition penalty {spec['penalty']:g}"
+
+
+def _label_from(setting: str, spec: dict, metrics: pd.DataFrame | None) -> str:
+    """A setting's label; with its metrics, from what ran (regime, epochs allowed and run)."""
+    run = None
+    d = metrics[metrics["setting"] == setting] if metrics is not None and "setting" in metrics else None
+    if d is not None and len(d):
+        spec = {**spec, **{k: f(d[k].iloc[0]) for k, f in (("regime", str), ("epochs", int)) if k in d}}
+        er = d.loc[d["metric"] == "epochs_run", "value"]
+        run = float(er.mean()) if len(er) else None
+    return setting_label(setting, spec, run)
+
+
+def _labels(p, metrics: pd.DataFrame | None = None) -> dict:
+    """Every setting's label; with the run's metrics, from what ran (regime, epochs allowed and run)."""
+    return {s: _label_from(s, setting_spec(p, s), metrics) for s in (*SETTINGS, *comparison_settings(p))}
 
 
 # --------------------------------------------------------------------------------------------
-# the run plan
+# the loop and the run plan
 # --------------------------------------------------------------------------------------------
+def base_cache() -> Path:
+    """Where pretrained local bases are kept (shared by every run of the chapter, and by chapter 06)."""
+    from ..core.results import results_root
+
+    return results_root() / "04_language_models" / "_cache"
+
+
+def default_loop(p, data: LMData | None = None, base: Base | None = None) -> Loop:
+    """The chapter's main recursion, setting (a): fine-tune the base on the blocks, beam-search the next
+    generation's blocks (:class:`~collapse_utils.models.lm.LMCollapse`), each generation trained on its
+    predecessor's continuations alone (``replace``), for ``p.generations`` generations.  ``data`` and
+    ``base`` default to the preset's (both cached on disk)."""
+    data = prepare_data(p) if data is None else data
+    base = prepare_base(p, data, base_cache()) if base is None else base
+    experiment = LMCollapse(base, data, epochs=p["epochs_a"], lr=p["lr"], batch_size=p["batch_size"],
+                            patience=p["patience"], num_beams=p["num_beams"],
+                            repetition_penalty=float(p["repetition_penalty"]), prompts=p["prompts"],
+                            gen_batch_size=p["gen_batch_size"], prompt_index=p["prompt_index"])
+    return Loop(experiment=experiment, regime="replace", generations=p["generations"])
+
+
 @dataclass
 class SettingResult:
     """Everything one setting produced, over its seeds."""
@@ -228,55 +337,55 @@ class SettingResult:
     seconds: float = 0.0
 
 
+def _setting_experiment(p, loop: Loop, setting: str):
+    """(experiment, regime) of one setting: (a) is the loop's, the others change one piece of it."""
+    exp, regime = loop.experiment, loop.regime
+    if setting == "b":
+        regime = parse_regime(f"keep_real({p['keep_fraction']:g})")
+        return exp.variant(epochs=p["epochs_b"], regime=regime), regime
+    spec = setting_spec(p, setting, loop)
+    if setting == "prompts":
+        return exp.variant(prompts=spec["prompts"], regime=regime), regime
+    if setting.startswith("penalty-"):
+        return exp.variant(repetition_penalty=spec["penalty"], regime=regime), regime
+    return exp.variant(regime=regime), regime
+
+
 def _run_seed(job: dict) -> tuple:
     """One setting x seed through the engine (in this process or in a worker process)."""
-    p, spec, data, seed, ckpt = job["p"], job["spec"], job["data"], job["seed"], job["ckpt"]
-    regime = parse_regime(spec["regime"])
-    exp = LMCollapse(job["base"], data, spec["epochs"], p["lr"], p["batch_size"], p["num_beams"], spec["penalty"],
-                     p["gen_batch_size"], regime.n_synthetic(len(data.train)), p["prompt_index"], ckpt / "models",
-                     progress=job["progress"], patience=p["patience"], prompts=spec["prompts"], regime=regime)
-    res = run_recursion(exp, data.train, p["generations"], regime, seed=seed,
+    ckpt, seed = job["ckpt"], job["seed"]
+    exp = job["experiment"].variant(model_dir=ckpt / "models", progress=job["progress"])
+    res = run_recursion(exp, exp.data.train, job["generations"], job["regime"], seed=seed,
                         checkpoint_dir=ckpt / f"{job['setting']}-seed{seed}", progress=job["progress"],
-                        columns={"setting": job["setting"], "epochs": spec["epochs"],
-                                 "repetition_penalty": spec["penalty"], "prompts": spec["prompts"]})
+                        columns={"setting": job["setting"], "epochs": exp.epochs,
+                                 "repetition_penalty": exp.repetition_penalty, "prompts": exp.prompts})
     return res.metrics, res.bookkeeping.assign(seed=seed), exp.state["per_seq"], exp.state["examples"]
 
 
-def run_settings(p: dict, data: LMData, base: Base, settings, run_dir: str | os.PathLike,
-                 progress: bool = True) -> dict[str, SettingResult]:
-    """Run several settings -- ``'a'``, ``'b'``, and the comparisons of :func:`comparison_settings` --
-    for their seeds, every (setting, seed) pair one job of one pool.
-
-    Each job is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
-    so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
-    beam-search outputs live (content-addressed, keyed by the training code too) in
-    ``run_dir/checkpoints/models`` and are reused -- the comparisons share setting (a)'s generation-0
-    model, so run them after (a).  With ``parallel_runs > 1`` on a CPU the jobs run side by side in
-    worker processes, the longest first (:func:`collapse_utils.core.parallel.run_jobs`); serial or parallel,
-    each job computes with ``threads_per_run`` torch threads, so the results are identical either way.
-    """
+def _run_plan(p, loop: Loop, settings, ckpt: Path, progress: bool = True) -> dict[str, SettingResult]:
+    """Run several settings for their seeds, every (setting, seed) pair one job of one pool."""
     from ..core.parallel import run_jobs
 
-    specs = {s: setting_spec(p, s) for s in settings}
+    data = loop.experiment.data
+    plans = {s: (*_setting_experiment(p, loop, s), setting_spec(p, s, loop)) for s in settings}
     tok = load_tokenizer(data.tokenizer_path)
-    ckpt = Path(run_dir) / "checkpoints"
-    jobs = [{"p": p, "spec": spec, "data": data, "base": base, "setting": s, "seed": seed, "ckpt": ckpt}
-            for s, spec in specs.items() for seed in spec["seeds"]]
+    jobs = [{"experiment": exp, "regime": regime, "generations": int(loop.generations), "setting": s, "seed": seed,
+             "ckpt": ckpt} for s, (exp, regime, spec) in plans.items() for seed in spec["seeds"]]
     workers = 1 if torch.cuda.is_available() else max(1, min(int(p.get("parallel_runs", 1)), len(jobs)))
     for j in jobs:
         j["progress"] = progress and workers == 1
     # longest first (more epochs per generation), so that the last jobs of the pool are short ones
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["spec"]["epochs"])
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i]["experiment"].epochs)
     t0 = time.time()
     done = run_jobs(_run_seed, [jobs[i] for i in order], workers, threads_per_run=p["threads_per_run"],
-                    progress=progress and workers > 1, desc=f"settings {', '.join(specs)}: runs",
+                    progress=progress and workers > 1, desc=f"settings {', '.join(plans)}: runs",
                     label=lambda j: f"{j['setting']} seed {j['seed']}")
     results = [None] * len(jobs)
     for i, r in zip(order, done):
         results[i] = r
     seconds = time.time() - t0
     out = {}
-    for s, spec in specs.items():
+    for s, (_, _, spec) in plans.items():
         mets, seqs, exs, books = [], [], [], []
         for job, (metrics, book, per_seq, examples) in zip(jobs, results):
             if job["setting"] != s:
@@ -290,13 +399,32 @@ def run_settings(p: dict, data: LMData, base: Base, settings, run_dir: str | os.
                 exs.append({"setting": s, "seed": seed, "generation": g,
                             "text": tok.decode(ids, skip_special_tokens=False)})
         if mets:
-            out[s] = SettingResult(s, spec["label"], pd.concat(mets, ignore_index=True),
+            m = pd.concat(mets, ignore_index=True)
+            out[s] = SettingResult(s, _label_from(s, spec, m), m,
                                    pd.concat(seqs, ignore_index=True), pd.DataFrame(exs),
                                    pd.concat(books, ignore_index=True), seconds)
     return out
 
 
-def run_setting(p: dict, data: LMData, base: Base, setting: str, run_dir: str | os.PathLike,
+def run_settings(p, data: LMData, base: Base, settings, run_dir: str | os.PathLike,
+                 progress: bool = True, loop: Loop | None = None) -> dict[str, SettingResult]:
+    """Run several settings -- ``'a'``, ``'b'``, and the comparisons of :func:`comparison_settings` --
+    for their seeds, every (setting, seed) pair one job of one pool (``loop``: setting (a)'s pieces,
+    default :func:`default_loop` on ``data`` and ``base``).
+
+    Each job is one ``run_recursion`` call checkpointed in ``run_dir/checkpoints/<setting>-seed<k>``,
+    so an interrupted run resumes (and one written by other code is recomputed); fitted models and their
+    beam-search outputs live (content-addressed, keyed by the training code too) in
+    ``run_dir/checkpoints/models`` and are reused -- the comparisons share setting (a)'s generation-0
+    model, so run them after (a).  With ``parallel_runs > 1`` on a CPU the jobs run side by side in
+    worker processes, the longest first (:func:`collapse_utils.core.parallel.run_jobs`); serial or parallel,
+    each job computes with ``threads_per_run`` torch threads, so the results are identical either way.
+    """
+    loop = default_loop(p, data, base) if loop is None else loop
+    return _run_plan(p, loop, settings, Path(run_dir) / "checkpoints", progress)
+
+
+def run_setting(p, data: LMData, base: Base, setting: str, run_dir: str | os.PathLike,
                 progress: bool = True) -> SettingResult:
     """One setting for its seeds (see :func:`run_settings`)."""
     return run_settings(p, data, base, [setting], run_dir, progress)[setting]
@@ -322,6 +450,9 @@ class LMResult:
     per_seq: pd.DataFrame
     continuations: pd.DataFrame
     bookkeeping: pd.DataFrame
+    #: each setting's label on the page (from what ran), and the seconds this execution spent
+    labels: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The extra tables written beside metrics.csv."""
@@ -333,15 +464,31 @@ def collect(base: Base | float, *results: SettingResult | None) -> LMResult:
     """One result object from the settings run (a comparison that was skipped may be ``None``)."""
     t = combine(*results)
     ppl = base.test_ppl if isinstance(base, Base) else float(base)
-    return LMResult(ppl, t["metrics"], t["per_sequence_perplexity"], t["continuations"], t["bookkeeping"])
+    return LMResult(ppl, t["metrics"], t["per_sequence_perplexity"], t["continuations"], t["bookkeeping"],
+                    labels={r.setting: r.label for r in results if r is not None})
 
 
-def run(p: dict, data: LMData, base: Base, run_dir: str | os.PathLike, progress: bool = True) -> LMResult:
-    """Settings (a) and (b), then the comparisons (if ``comparison_seeds > 0``), in one call."""
-    res = run_settings(p, data, base, SETTINGS, run_dir, progress)
-    if comparison_settings(p):
-        res.update(run_settings(p, data, base, comparison_settings(p), run_dir, progress))
-    return collect(base, *res.values())
+def run(p, loop: Loop | None = None, *, checkpoint_root: str | os.PathLike | None = None,
+        progress: bool = True) -> LMResult:
+    """The chapter's study in one call: setting (a) -- the loop's experiment, regime and generations
+    (default :func:`default_loop`) -- and setting (b) for ``p.seeds`` seeds each, then the comparisons
+    (if ``comparison_seeds > 0``), which change one piece of (a) each.
+
+    ``checkpoint_root``: where each (setting, seed) checkpoints and the fitted models are kept, so an
+    interrupted run resumes and a rerun reuses them; without it they live in a temporary folder.
+    """
+    import tempfile
+
+    loop = default_loop(p) if loop is None else loop
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="lm-run-") as tmp:
+        ckpt = Path(checkpoint_root) if checkpoint_root is not None else Path(tmp)
+        res = _run_plan(p, loop, SETTINGS, ckpt, progress)
+        if comparison_settings(p):  # after (a): they reuse its generation-0 model
+            res.update(_run_plan(p, loop, comparison_settings(p), ckpt, progress))
+    out = collect(loop.experiment.base, *res.values())
+    out.seconds = time.time() - t0
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,17 +523,21 @@ def histogram_table(per_seq: pd.DataFrame, generations=None) -> pd.DataFrame:
                          "95%": q.quantile(0.95), "max": q.max()}).reset_index()
 
 
-def training_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per setting and generation (mean over seeds): the epoch whose checkpoint was kept and its real
-    validation loss -- which shows how many of the allotted epochs were of any use."""
+def training_table(metrics: pd.DataFrame, settings=("a", "b")) -> pd.DataFrame:
+    """Per generation (mean over seeds), for each setting: the epoch whose checkpoint was kept, the
+    epochs run and the kept model's real validation loss -- which shows how many of the allotted
+    epochs were of any use."""
     w = _wide(metrics)
-    cols = ["best_epoch", "epochs_run", "val_loss"]
-    t = w.groupby(["setting", "generation"])[cols].mean().reset_index()
-    return t.pivot_table(index="generation", columns="setting", values=cols).round(3)
+    w = w[w["setting"].isin(settings)]
+    names = {"best_epoch": "kept epoch", "epochs_run": "epochs run", "val_loss": "validation loss"}
+    t = w.groupby(["setting", "generation"])[list(names)].mean().reset_index()
+    t = t.pivot_table(index="generation", columns="setting", values=list(names)).round(3)
+    t.columns = [f"{names[m]} ({s})" for m, s in t.columns]
+    return t.reset_index()
 
 
-def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, setting: str = "a",
-                           seed: int = 0, max_chars: int = 400) -> str:
+def continuations_markdown(examples: pd.DataFrame, data: LMData, p, setting: str = "a",
+                           seed: int = 0, max_chars: int = 400, labels: dict | None = None) -> str:
     """A Markdown table: the fixed test prompt, then each generation's beam-search continuation, with the
     number of different tokens in it (a continuation of whitespace tokens only is said so)."""
     tok = load_tokenizer(data.tokenizer_path)
@@ -412,7 +563,147 @@ def continuations_markdown(examples: pd.DataFrame, data: LMData, p: dict, settin
     for r in d.itertuples():
         text, n = show(r.text)
         rows.append(f"| {int(r.generation)} | {n} | {text} |")
-    return f"**{_labels(p)[setting]}, seed {seed}**\n\n" + "\n".join(rows)
+    return f"**{(labels or _labels(p))[setting]}, seed {seed}**\n\n" + "\n".join(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# sentences of the page that depend on the run (glued; see page_text)
+# --------------------------------------------------------------------------------------------
+#: a sequence of generated data scoring below this share of the real data's median perplexity under model 0
+#: is near-degenerate text (a loop of a few tokens that model 0 finds almost certain)
+DEGENERATE = 0.1
+#: a seed whose last-generation test perplexity is this far (relative) from the seeds' median is named
+OUTLIER = 0.1
+
+
+def _claim(claims: list[Claim], cid: str) -> Claim | None:
+    return next((c for c in claims if c.id == cid), None)
+
+
+def epochs_markdown(claims: list[Claim], p) -> str:
+    """What the epochs did: allowed and run per fit in (a) and (b), whether the paper's 5-against-10
+    contrast happened, and -- only where more than one epoch was allowed -- what the kept epochs say."""
+    a, b = _claim(claims, "a-rises"), _claim(claims, "b-rises-less")
+    if a is None or not finite(a.extra.get("epochs_allowed"), a.extra.get("epochs_run")):
+        return "This run has no fits of setting (a) to describe."
+    ea, ra = int(a.extra["epochs_allowed"]), a.extra["epochs_run"]
+    k, n = a.extra.get("first_epoch_fits", 0), a.extra.get("later_fits", 0)
+    stop = f"early stopping (`patience = {p['patience']}`)"
+    if ea == 1:
+        text = ("Each fit of setting (a) was allowed a single epoch (`epochs_a = 1`), so every kept checkpoint is "
+                "the first epoch's, and this run cannot tell whether further epochs on generated text help or hurt.")
+    else:
+        text = f"Setting (a) allowed {ea} epochs per fit; " + (
+            f"{stop} ended its fits after {ra:.1f} epochs on average. " if ra < ea - 1e-9 else
+            "every fit ran all of them. ")
+        if n:
+            text += f"In {k} of the {n} fits on generated data the checkpoint kept is the first epoch's" + (
+                ": in most fits, further epochs on generated text only made the model worse on the real "
+                "validation blocks." if k > n / 2 else
+                "; in the others a later epoch was better on the real validation blocks." if k else
+                ": every fit improved on the real validation blocks after its first epoch.")
+    if b is not None and finite(b.extra.get("epochs_allowed"), b.extra.get("epochs_run")):
+        eb, rb = int(b.extra["epochs_allowed"]), b.extra["epochs_run"]
+        text += f" Setting (b) allowed {eb} epoch{'s' if eb != 1 else ''}" + (
+            f" and ran {rb:.1f} on average." if rb < eb - 1e-9 else ", and every fit ran all of them.")
+        if eb > ea and rb < eb - 1e-9 and abs(rb - ra) < 0.5:
+            text += (f" So the paper's contrast of {ea} against {eb} epochs did not happen here: {stop} gave both "
+                     "settings about the same number of epochs, and they differ in the kept real data only (the "
+                     "paper runs every epoch and keeps the best).")
+    return text
+
+
+def tail_markdown(claims: list[Claim]) -> str:
+    """How the 95th-percentile-to-median ratio of the generated data under model 0 moved, in words
+    that follow the numbers (grows, stays or shrinks)."""
+    c = _claim(claims, "long-tail")
+    last = int(_claim(claims, "a-rises").extra["last_generation"]) if _claim(claims, "a-rises") else 0
+    t1, tl = (c.extra.get("tail_gen1"), c.extra.get("tail_last")) if c else (None, None)
+    if not finite(t1, tl) or last < 2:
+        return "this run has no generation after generation 1 to compare the tail with"
+    move = f"from {t1:.2f} at generation 1 to {tl:.2f} at generation {last}"
+    if round(tl, 2) > round(t1, 2):
+        return f"the ratio of the 95th percentile to the median grows {move}: the tail lengthens"
+    if round(tl, 2) < round(t1, 2):
+        return f"the ratio of the 95th percentile to the median falls {move}: here the tail shrinks instead"
+    return f"the ratio of the 95th percentile to the median stays at {t1:.2f} from generation 1 to generation {last}"
+
+
+def _course(label: str, t: pd.DataFrame) -> str:
+    """One setting's mean test perplexity over the generations (where it peaks) and its seeds at the end."""
+    m = t.mean(axis=0)
+    g0, last, top = m.index[0], m.index[-1], m.idxmax()
+    first, end, peak = (f"{m[g]:.1f}" for g in (g0, last, top))  # as printed: equal strings are no change
+    if top not in (g0, last) and float(peak) > float(end):
+        text = (f"{label}: the mean goes from {first} at model 0 up to {peak} at generation {top}, then falls to "
+                f"{end} by generation {last}")
+    elif float(end) != float(first):
+        text = f"{label}: the mean {'rises' if float(end) > float(first) else 'falls'} from {first} at model 0 to " \
+               f"{end} at generation {last}"
+    else:
+        text = f"{label}: the mean is {first} at model 0 and at generation {last}"
+    v = t[last]
+    if len(v) > 1:
+        lo, hi = f"{v.min():.1f}", f"{v.max():.1f}"
+        text += f"; at generation {last} " + (f"the seeds range from {lo} to {hi}" if lo != hi else
+                                              f"every seed is at {lo}")
+        if len(v) > 2:
+            med = float(v.median())
+            far = [f"seed {seed} at {x:.1f}, {abs(x / med - 1):.0%} {'below' if x < med else 'above'} the "
+                   "seeds' median" for seed, x in v.items() if abs(x / med - 1) > OUTLIER]
+            text += f" ({'; '.join(far)})" if far else ""
+    return text
+
+
+def course_markdown(result: LMResult, labels: dict | None = None) -> str:
+    """The course of (a) and (b) over the generations, from the run: where each mean peaks, and the
+    seeds' spread at the last generation (a seed far from the seeds' median is named)."""
+    w = _wide(result.metrics)
+    labels = labels or result.labels
+    parts = []
+    for s in ("a", "b"):
+        t = _by_seed(w, s, "test_ppl")
+        if t.shape[1] >= 2:
+            parts.append(_course(labels.get(s, f"({s})"), t))
+    return ". ".join(parts) + "." if parts else "This run has no generation after model 0."
+
+
+def degenerate_markdown(result: LMResult) -> str:
+    """How much of the generated data is near-degenerate: the share of sequences whose perplexity under
+    model 0 is below ``DEGENERATE`` times the real data's median, per setting at the last generation."""
+    d = result.per_seq
+    real = d[(d["setting"] == "a") & (d["generation"] == 0)]["perplexity"].astype(np.float64)
+    if not len(real) or d["generation"].max() < 1:
+        return "This run has no generated data to score."
+    thr = DEGENERATE * float(np.median(real))
+    last = int(d["generation"].max())
+    shares = {s: float((d[(d["setting"] == s) & (d["generation"] == last)]["perplexity"] < thr).mean())
+              for s in ("a", "b") if len(d[(d["setting"] == s) & (d["generation"] == last)])}
+    words = ", ".join(f"{100 * v:.1f} % in setting ({s})" for s, v in shares.items())
+    text = (f"Near-degenerate text — a sequence that model 0 scores below {thr:.1f}, a tenth of the real data's "
+            f"median — makes up {words} at generation {last}, against {100 * float((real < thr).mean()):.1f} % "
+            "of the real data")
+    hi = max(shares, key=shares.get) if shares else None
+    if hi is not None and shares[hi] >= 0.05:
+        text += (f"; in setting ({hi}) these sequences form the low-perplexity mass at the left of its "
+                 f"generation-{last} histogram")
+    return text + "."
+
+
+def page_text(result: LMResult, claims: list[Claim], p) -> dict[str, str]:
+    """The run-dependent sentences of the page (Markdown), by name; :func:`glue_page_text` glues them."""
+    return {"epochs": epochs_markdown(claims, p), "tail": tail_markdown(claims),
+            "course": course_markdown(result), "degenerate": degenerate_markdown(result)}
+
+
+def glue_page_text(result: LMResult, claims: list[Claim], p) -> dict[str, str]:
+    """Glue each sentence of :func:`page_text` as ``c04_text_<name>`` for the page's prose."""
+    from .claims import glue
+
+    text = page_text(result, claims, p)
+    for k, v in text.items():
+        glue(f"c04_text_{k}", v)
+    return text
 
 
 def penalty_choice_markdown(claims: list[Claim], p: dict) -> str:
@@ -453,9 +744,19 @@ def penalty_choice_markdown(claims: list[Claim], p: dict) -> str:
     return text + " The claims below say whether the paper's two statements about the penalty hold in this run."
 
 
-def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
+def _epochs_run_words(metrics: pd.DataFrame | None) -> str:
+    if metrics is None:
+        return ""
+    ea, eb = _epochs_of(metrics, "a"), _epochs_of(metrics, "b")
+    if not finite(ea["epochs_run"], eb["epochs_run"]):
+        return ""
+    return f" ({ea['epochs_run']:.1f} / {eb['epochs_run']:.1f} run on average)"
+
+
+def comparison_markdown(p, data: LMData, base: Base, metrics: pd.DataFrame | None = None) -> str:
     """How this run differs from the paper: a Markdown table, the paper's column from its text and
-    official code, this run's column from its parameters, data and base model."""
+    official code, this run's column from its parameters, data and base model (and, given the run's
+    ``metrics``, the epochs that actually ran)."""
     i = base.info
     if i.get("local"):
         model = (f"OPT architecture with {i['n_params']:,} parameters, pretrained here on "
@@ -475,13 +776,14 @@ def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
         ("fine-tuning", "AdamW 2·10⁻⁵, batch 128, every epoch run",
          f"AdamW {p['lr']:g}, batch {p['batch_size']}, {stop}"),
         ("epochs (a) / (b), real data kept in (b)", "5 / 10, 10%",
-         f"{p['epochs_a']} / {p['epochs_b']}, {100 * p['keep_fraction']:g}%"),
+         f"{p['epochs_a']} / {p['epochs_b']} allowed" + _epochs_run_words(metrics)
+         + f", {100 * p['keep_fraction']:g}%"),
         ("tokenisation", "the official code: concatenate, tokenize, 64-token blocks (Hugging Face's recipe "
          "puts `</s>` before every row, blank rows included)",
          "every row with the tokenizer's special tokens (the recipe)" if p["tokenize"] == "hf_clm" else
          "non-blank lines without special tokens, concatenated"),
         ("prompts", "the original training blocks, every generation",
-         f"{p['prompts']} blocks" + (f"; {p['comparison_seeds']} seed(s) also with {_other_prompts(p)} prompts"
+         f"{p['prompts']} blocks" + (f"; {p['comparison_seeds']} seed(s) also with {_other_prompts(p['prompts'])} prompts"
                                      if p["comparison_seeds"] else "")),
         ("decoding", "beam search, 5 beams, 64 new tokens; no repetition penalty in the text, 3.0 in the "
          "official code, 2.0 in the text's ablation",
@@ -499,16 +801,16 @@ def comparison_markdown(p: dict, data: LMData, base: Base) -> str:
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
-def plot_test_perplexity(metrics: pd.DataFrame, p: dict, base_ppl: float | None = None):
+def plot_test_perplexity(metrics: pd.DataFrame, p, base_ppl: float | None = None):
     """Real-test perplexity per generation.  Markers: the corpus perplexity exp(mean token NLL) -- the
     number the tables and the text use -- averaged over seeds, with bars from the smallest to the largest
     seed (a range, not an uncertainty, with so few seeds); dotted: the mean of per-sequence perplexities."""
     import matplotlib.pyplot as plt
 
     w = _wide(metrics)
-    labels = _labels(p)
+    labels = _labels(p, metrics)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, s, c in zip(axes, ("a", "b"), regime_colors([setting_spec(p, s)["regime"] for s in ("a", "b")])):
+    for ax, s, c in zip(axes, ("a", "b"), regime_colors([_regime_of(metrics, p, s) for s in ("a", "b")])):
         d = w[w["setting"] == s].groupby("generation")
         g = np.array(sorted(w.loc[w["setting"] == s, "generation"].unique()))
         mean = d["test_ppl"].mean().reindex(g).values
@@ -523,18 +825,29 @@ def plot_test_perplexity(metrics: pd.DataFrame, p: dict, base_ppl: float | None 
         ax.set_xticks(g)
         finish(ax, "generation", "perplexity on the real test set", labels[s], fontsize="small")
     axes[1].tick_params(labelleft=True)
+    # a range of at least MIN_SPAN of the values' level, so that a change of a fraction of a percent
+    # (the smoke preset's) does not fill the panel as if it were steep
+    lo_y, hi_y = axes[0].get_ylim()
+    mid = (lo_y + hi_y) / 2
+    if hi_y - lo_y < MIN_SPAN * mid:
+        axes[0].set_ylim(mid * (1 - MIN_SPAN / 2), mid * (1 + MIN_SPAN / 2))
     fig.tight_layout()
     return fig
 
 
-def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
+def _regime_of(metrics: pd.DataFrame, p, setting: str) -> str:
+    d = metrics[metrics["setting"] == setting] if {"setting", "regime"} <= set(metrics) else metrics[:0]
+    return str(d["regime"].iloc[0]) if len(d) else setting_spec(p, setting)["regime"]
+
+
+def plot_ppl_histograms(per_seq: pd.DataFrame, p, generations=None, labels: dict | None = None):
     """Per-sequence perplexity of each generation's training data under the generation-0 model
     (seeds pooled): one row per generation, one column per setting, log x axis, share of sequences per
     bin (bins of equal width in log perplexity)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
-    labels = _labels(p)
+    labels = labels or _labels(p)
     wanted = list(generations if generations is not None else p["hist_generations"])
     d_ab = per_seq[per_seq["setting"].isin(["a", "b"])]
     gens = [g for g in wanted if g in set(d_ab["generation"])]
@@ -566,26 +879,33 @@ def plot_ppl_histograms(per_seq: pd.DataFrame, p: dict, generations=None):
     return fig
 
 
-def plot_diversity(metrics: pd.DataFrame, p: dict):
-    """Distinct-1/2/3, unigram entropy and the share of the real vocabulary produced, per generation."""
+def plot_diversity(metrics: pd.DataFrame, p):
+    """Distinct-1/2/3, unigram entropy and the share of the real vocabulary produced, per generation:
+    colours tell the n of distinct-n, line styles the setting (one legend under the panels)."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     w = _wide(metrics)
-    labels = _labels(p)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    labels = _labels(p, metrics)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.9))
     cols = palette(3)
     styles = {"a": "-", "b": "--"}
     for s in ("a", "b"):
         d = w[w["setting"] == s].groupby("generation").mean(numeric_only=True)
         for n, c in zip((1, 2, 3), cols):
-            axes[0].plot(d.index, d[f"distinct_{n}"], ls=styles[s], color=c, marker="o", ms=3,
-                         label=f"distinct-{n}, {s}")
-        axes[1].plot(d.index, d["unigram_entropy"], ls=styles[s], color="k", marker="o", ms=3, label=labels[s])
-        axes[2].plot(d.index, d["vocab_share"], ls=styles[s], color="k", marker="o", ms=3, label=labels[s])
-    finish(axes[0], "generation", "unique n-grams / all n-grams", "distinct-n of the training data", ncol=2)
+            axes[0].plot(d.index, d[f"distinct_{n}"], ls=styles[s], color=c, marker="o", ms=3)
+        axes[1].plot(d.index, d["unigram_entropy"], ls=styles[s], color="k", marker="o", ms=3)
+        axes[2].plot(d.index, d["vocab_share"], ls=styles[s], color="k", marker="o", ms=3)
+    finish(axes[0], "generation", "unique n-grams / all n-grams", "distinct-n of the training data")
     finish(axes[1], "generation", "unigram entropy (bits)", "token entropy")
-    finish(axes[2], "generation", "share of the real training vocabulary", "tokens still produced")
-    fig.tight_layout()
+    finish(axes[2], "generation", "share of the real vocabulary", "tokens still produced")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=c, marker="o", ms=4, label=f"distinct-{n}") for n, c in zip((1, 2, 3), cols)]
+    handles += [Line2D([], [], color="k", ls=styles[s], label=labels[s]) for s in ("a", "b")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize="medium", frameon=False)
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
     return fig
 
 
@@ -594,7 +914,7 @@ def comparison_arms(p: dict, kind: str) -> list[tuple[str, str]]:
     original vs chained prompts; ``kind='penalty'`` -- one arm per ablation penalty (the main penalty's
     arm is setting (a) itself)."""
     if kind == "prompts":
-        arms = {p["prompts"]: "a", _other_prompts(p): "prompts"}
+        arms = {p["prompts"]: "a", _other_prompts(p["prompts"]): "prompts"}
         return [(arms[x], f"{x} prompts" + (" (paper)" if x == "original" else "")) for x in PROMPT_SOURCES]
     if kind == "penalty":
         main = float(p["repetition_penalty"])
@@ -608,6 +928,7 @@ def plot_comparisons(metrics: pd.DataFrame, p: dict):
     penalties (bottom row) -- real-test perplexity, the generated data's median perplexity under model 0,
     and distinct-2 of the generated data."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     w = _wide(metrics)
     seeds = list(range(p["comparison_seeds"]))
@@ -626,6 +947,8 @@ def plot_comparisons(metrics: pd.DataFrame, p: dict):
         axes[row, 1].set_yscale("log")
         finish(axes[row, 1], "generation", "median perplexity under generation 0", f"{what}: generated data")
         finish(axes[row, 2], "generation", "distinct-2", f"{what}: diversity of generated data")
+    for ax in axes.flat:  # generations are whole numbers
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"setting (a), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} (means)",
                  y=1.0, fontsize="medium")
     fig.tight_layout()
@@ -658,11 +981,26 @@ def _mean(x) -> float:
     return float(np.mean(x)) if len(x) else float("nan")
 
 
-def claims(result: LMResult, p: dict) -> list[Claim]:
+def _ran(ran, verdict: str) -> str:
+    """A comparison this run did not make is "not run at this preset", whatever its numbers."""
+    return verdict if ran else NOT_RUN
+
+
+def _epochs_of(metrics: pd.DataFrame, setting: str) -> dict:
+    """Epochs allowed per fit and run on average (early stopping may end fits sooner) of one setting."""
+    d = metrics[metrics["setting"] == setting] if "setting" in metrics else metrics[:0]
+    allowed = float(d["epochs"].iloc[0]) if len(d) and "epochs" in d else float("nan")
+    run = d.loc[d["metric"] == "epochs_run", "value"]
+    return {"epochs_allowed": allowed, "epochs_run": float(run.mean()) if len(run) else float("nan")}
+
+
+def claims(result: LMResult, p) -> list[Claim]:
     """The paper's statements about the OPT experiment, each with a verdict computed from this run.
 
     Every verdict needs fine-tuning on the real data to move the model at all (model 0's test perplexity
-    more than ``LEARNS`` away from the base's): otherwise the run is "not visible at this preset".
+    more than ``LEARNS`` away from the base's): otherwise the run is "not visible at this preset", and
+    each claim's ``gate`` says what it needs.  A comparison this run did not make (``comparison_seeds =
+    0``, or an ablation with one penalty) is "not run at this preset".
     """
     w = _wide(result.metrics)
     ta = _by_seed(w, "a", "test_ppl")
@@ -671,12 +1009,22 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
     base, m0 = float(result.base_ppl), _mean(ta.iloc[:, 0]) if not ta.empty else float("nan")
     change = m0 / base - 1 if finite(base, m0) else float("nan")
     learns = finite(change) and abs(change) > LEARNS
+    learn_gate = (f"fine-tuning that moves model 0's test perplexity by more than {100 * LEARNS:g} % from the "
+                  f"base's, against {_pct(change)} in this run")
+
+    def needs(*more: tuple[bool, str]) -> str:
+        """The requirements this run misses (all of them if it misses none, e.g. a number is not finite)."""
+        conds = [(learns, learn_gate), *more]
+        return "; ".join(t for ok, t in conds if not ok) or "; ".join(t for _, t in conds)
+
+    gens2 = (last >= 2, f"at least 2 generations after model 0, against {last} in this run")
+    gens1 = (last >= 1, "a generation of generated data")
     out = [Claim(
         "finetune-improves",
         "Fine-tuning the pretrained base on the real training data lowers its test perplexity (model 0)",
         "115 → 34 (OPT-125m, zero-shot → fine-tuned)",
         f"{base:.1f} → {m0:.1f} ({_pct(change)})", "fig-04-test-perplexity",
-        judge(change < 0, visible=learns),
+        judge(change < 0, visible=learns), gate=learn_gate,
         extra={"base_ppl": base, "model0_ppl": m0, "change_pct": 100 * change})]
 
     # (a): real-test perplexity rises over the generations, in every seed
@@ -690,10 +1038,11 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "rises (from about 34 at model 0)",
         f"{m0:.1f} → {_mean(ta.iloc[:, -1]) if not ta.empty else float('nan'):.1f} at generation {last} "
         f"({_pct(_mean(ra))}; per seed {', '.join(_pct(x) for x in ra)})", "fig-04-test-perplexity",
-        judge(a_holds, visible=a_visible),
+        judge(a_holds, visible=a_visible), gate=needs(gens2),
         extra={"model0_ppl": m0, "last_ppl": _mean(ta.iloc[:, -1]) if not ta.empty else float("nan"),
                "rise_pct": 100 * _mean(ra), "last_generation": last, "seeds": int(len(ra)),
-               "first_epoch_fits": int(np.sum(later == 1)), "later_fits": int(len(later))}))
+               "first_epoch_fits": int(np.sum(later == 1)), "later_fits": int(len(later)),
+               **_epochs_of(result.metrics, "a")}))
 
     # (b) against (a): the relative rise over model 0 at the last generation (means over seeds)
     rise_a, rise_b = _mean(ra), _mean(rb)
@@ -703,18 +1052,19 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
     kept = int(bk["n_real"].iloc[0]) if len(bk) and "n_real" in bk else 0
     b_last = _mean(tb.iloc[:, -1]) if not tb.empty else float("nan")
     measured = f"(b) {_pct(rise_b)} against (a) {_pct(rise_a)} at generation {last}"
+    b_gate = needs(gens2, (a_visible and a_holds, "a rise of setting (a) in every seed to compare (b) with"))
     out.append(Claim(
         "b-rises-less", f"Setting (b), a share of the original data kept each generation ({100 * p['keep_fraction']:g} "
         "%; paper 10 %): test perplexity rises less than in setting (a)", "(b) below (a)", measured, "fig-04-test-perplexity",
-        judge(rise_b < rise_a, visible=cmp_visible),
-        extra={"rise_pct": 100 * rise_b, "last_ppl": b_last, "model0_ppl": _mean(tb.iloc[:, 0]) if not tb.empty
+        judge(rise_b < rise_a, visible=cmp_visible), gate=b_gate,
+        extra={**_epochs_of(result.metrics, "b"), "rise_pct": 100 * rise_b, "last_ppl": b_last, "model0_ppl": _mean(tb.iloc[:, 0]) if not tb.empty
                else float("nan")}))
     ratio = rise_b / rise_a if finite(rise_a, rise_b) and rise_a > 0 else float("nan")
     out.append(Claim(
         "b-only-slightly", "Setting (b) degrades only slightly: its rise is much smaller than (a)'s "
         f"(criterion: at most {SLIGHT:.0%} of it)", "degrades only slightly",
         f"{measured}: {ratio:.2f} of (a)'s rise" if finite(ratio) else measured, "fig-04-test-perplexity",
-        judge(finite(ratio) and ratio <= SLIGHT, visible=cmp_visible),
+        judge(finite(ratio) and ratio <= SLIGHT, visible=cmp_visible), gate=b_gate,
         extra={"ratio": ratio, "kept_blocks": kept}))
 
     # training data under model 0, setting (a), seeds pooled
@@ -729,6 +1079,7 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "per-sequence perplexities pile up at low values", "mass moves to low perplexity",
         f"median under model 0: real {med0:.1f}, generation 1 {med1:.1f}", "fig-04-histograms",
         judge(finite(med0, med1) and med1 < med0, visible=learns and last >= 1 and finite(med0, med1)),
+        gate=needs(gens1),
         extra={"median_real": med0, "median_gen1": med1, "q95_real": q(0, "95%"), "q95_gen1": q(1, "95%")}))
 
     tail1 = q(1, "95%") / med1 if finite(med1) else float("nan")
@@ -739,6 +1090,7 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         f"95th percentile / median: {tail1:.2f} at generation 1, {taill:.2f} at generation {last}",
         "fig-04-histograms",
         judge(finite(tail1, taill) and taill > tail1, visible=learns and last >= 3 and finite(tail1, taill)),
+        gate=needs((last >= 3, f"at least 3 generations after model 0, against {last} in this run")),
         extra={"tail_gen1": tail1, "tail_last": taill, "median_last": q(last, "median"),
                "q95_last": q(last, "95%")}))
 
@@ -754,6 +1106,7 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "fig-04-diversity",
         judge(len(r2) > 0 and bool((r2 < 0).all() and (rv < 0).all()),
               visible=learns and last >= 1 and len(r2) > 0 and finite(*r2, *rv)),
+        gate=needs(gens1),
         extra={"distinct2_real": first2, "distinct2_last": last2, "vocab_real": firstv, "vocab_last": lastv}))
 
     # the comparisons, on the comparison seeds: each arm's last-generation test perplexity and rise
@@ -783,7 +1136,8 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "prompts (same seeds)", "(not in the paper; the paper prompts with the original blocks)",
         f"rise by generation {last}: original {_pct(_mean(ro))}, chained {_pct(_mean(rc))}",
         "fig-04-comparisons",
-        judge(both and _mean(rc) > _mean(ro), visible=cmp_ok and both and finite(*ro, *rc)),
+        _ran(cseeds, judge(both and _mean(rc) > _mean(ro), visible=cmp_ok and both and finite(*ro, *rc))),
+        gate=needs(gens2),
         extra={"original_rise_pct": 100 * _mean(ro), "chained_rise_pct": 100 * _mean(rc),
                "original_last_ppl": _mean(lo), "chained_last_ppl": _mean(lc), "seeds": len(cseeds)}))
 
@@ -800,8 +1154,9 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "with the penalty the later models get worse",
         f"penalty {hi_pen:g}: {_pct(_mean(r_hi))} by generation {last} (per seed "
         f"{', '.join(_pct(x) for x in r_hi)})", "fig-04-comparisons",
-        judge(len(r_hi) > 0 and bool((r_hi > 0).all()), visible=cmp_ok and hi_pen > 1 and len(r_hi) > 0
-              and finite(*r_hi)),
+        _ran(cseeds and hi_pen > 1, judge(len(r_hi) > 0 and bool((r_hi > 0).all()),
+                                          visible=cmp_ok and len(r_hi) > 0 and finite(*r_hi))),
+        gate=needs(gens2),
         extra={"penalty": hi_pen, "rise_pct": 100 * _mean(r_hi), "last_ppl": _mean(l_hi),
                "distinct2_last": d2_last(arm_of[hi_pen])}))
     out.append(Claim(
@@ -810,7 +1165,9 @@ def claims(result: LMResult, p: dict) -> list[Claim]:
         "perplexities roughly double with penalty 2.0",
         f"generation {last}: penalty {lo_pen:g} {_mean(l_lo):.1f}, penalty {hi_pen:g} {_mean(l_hi):.1f} "
         f"(ratio {ratio_pen:.2f})", "fig-04-comparisons",
-        judge(finite(ratio_pen) and ratio_pen > 1, visible=cmp_ok and pair and finite(ratio_pen)),
+        _ran(cseeds and len(pens) > 1, judge(finite(ratio_pen) and ratio_pen > 1,
+                                             visible=cmp_ok and pair and finite(ratio_pen))),
+        gate=needs(gens2),
         extra={"low_penalty": lo_pen, "high_penalty": hi_pen, "low_last_ppl": _mean(l_lo), "high_last_ppl": _mean(l_hi),
                "ratio": ratio_pen, "low_rise_pct": 100 * _mean(r_lo), "low_distinct2_last": d2_last(arm_of[lo_pen]),
                "high_distinct2_last": d2_last(arm_of[hi_pen]), "low_distinct2_gen1": d2_last(arm_of[lo_pen], 1),

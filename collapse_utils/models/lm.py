@@ -22,8 +22,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import copy
 import functools
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..core.engine import Experiment, GenerationContext, source_hash
+from ..core.storage import fingerprint
 from ..core.regimes import Regime, parse_regime
 from .lm_data import LMData, diversity, load_tokenizer, prepare_lm_data
 from .lm_train import (
@@ -70,17 +71,6 @@ def prepare_data(p: dict, data_path=None, cache=None) -> LMData:
     )
 
 
-def _sha(*tensors_or_objs) -> str:
-    h = hashlib.sha256()
-    for x in tensors_or_objs:
-        if isinstance(x, torch.Tensor):
-            h.update(x.contiguous().numpy().tobytes())
-            h.update(str(tuple(x.shape)).encode())
-        else:
-            h.update(json.dumps(x, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class Base:
     """The model every generation starts from: a hub name, or a folder with a locally pretrained OPT."""
@@ -90,14 +80,26 @@ class Base:
     test_ppl: float
     info: dict = field(default_factory=dict)
 
+    def short_path(self) -> str:
+        """The base's folder as a page prints it: relative to the results folder (never the machine's
+        absolute path), else its last two parts."""
+        from ..core.results import results_root
+
+        path = Path(self.path)
+        try:
+            return path.resolve().relative_to(results_root().resolve()).as_posix()
+        except ValueError:
+            return "/".join(path.parts[-2:])
+
     def describe(self) -> str:
         if self.info.get("local"):
             i = self.info
-            return (f"Base model: a small OPT ({i['n_params']:,} parameters; {i['layers']} layers, hidden "
+            return (f"Base model: a small OPT ({i['n_params']:,} parameters; {i['layers']} "
+                    f"layer{'s' if i['layers'] != 1 else ''}, hidden "
                     f"{i['hidden']}, {i['heads']} heads, vocabulary {i['vocab']:,}) pretrained from scratch for "
                     f"{i['epochs']} epoch{'s' if i['epochs'] != 1 else ''} on {i['blocks']:,} held-out training blocks (best validation loss "
-                    f"{i['best_val_loss']:.3f} at epoch {i['best_epoch']}); loaded with "
-                    f"`AutoModelForCausalLM.from_pretrained('{self.path}')`. "
+                    f"{i['best_val_loss']:.3f} at epoch {i['best_epoch']}); saved with `save_pretrained` to "
+                    f"`{self.short_path()}` and loaded back with `AutoModelForCausalLM.from_pretrained`. "
                     f"Its perplexity on the real test blocks before any fine-tuning: {self.test_ppl:.1f}.")
         return (f"Base model: `{self.path}` loaded by name with `AutoModelForCausalLM.from_pretrained`; "
                 f"perplexity on the real test blocks before any fine-tuning: {self.test_ppl:.1f}.")
@@ -121,10 +123,10 @@ def _prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress
     if p["model_name"] != LOCAL_MODEL:
         model = load_model(p["model_name"])
         ppl = perplexity_stats(sequence_nll(model, data.test), "test")["test_ppl"]
-        return Base(p["model_name"], _sha(p["model_name"]), ppl, {"local": False})
+        return Base(p["model_name"], fingerprint(p["model_name"]), ppl, {"local": False})
     keys = {k: p[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "base_epochs", "base_lr",
                               "batch_size", "block_size")}
-    fp = _sha(keys, thread_tag(), data.tokenizer_path, data.base, data.valid)
+    fp = fingerprint(keys, thread_tag(), data.tokenizer_path, data.base, data.valid, length=12)
     folder = Path(cache_root) / f"base-{fp}"
 
     def load(done: Path) -> Base:
@@ -189,24 +191,46 @@ class LMCollapse(Experiment):
     batched = False
 
     def __init__(self, base: Base, data: LMData, epochs: int, lr: float, batch_size: int, num_beams: int,
-                 repetition_penalty: float, gen_batch_size: int, n_diversity: int, prompt_index: int,
-                 model_dir: str | os.PathLike, progress: bool = False, patience: int = 0,
-                 prompts: str = "original", regime: str | Regime = "replace"):
+                 repetition_penalty: float, gen_batch_size: int = 64, n_diversity: int | None = None,
+                 prompt_index: int = 0, model_dir: str | os.PathLike | None = None, progress: bool = False,
+                 patience: int = 0, prompts: str = "original", regime: str | Regime = "replace"):
         if prompts not in PROMPT_SOURCES:
             raise ValueError(f"prompts must be one of {PROMPT_SOURCES}, got {prompts!r}")
         self.prompts, self.regime = prompts, parse_regime(regime)
         self.base, self.data = base, data
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.num_beams, self.repetition_penalty = int(num_beams), float(repetition_penalty)
-        self.gen_batch_size, self.n_diversity = int(gen_batch_size), int(n_diversity)
-        self.prompt_index, self.patience = int(prompt_index), int(patience)
-        self.model_dir = Path(model_dir)
+        self.gen_batch_size, self.prompt_index, self.patience = int(gen_batch_size), int(prompt_index), int(patience)
+        # diversity is measured on as many blocks as a generation writes (None: what the regime writes)
+        self.n_diversity = int(n_diversity if n_diversity is not None else self.regime.n_synthetic(len(data.train)))
+        self.model_dir = Path(model_dir) if model_dir is not None else None
         self.progress = progress
         self.real_vocab = set(np.unique(data.train.numpy()).tolist())
-        self.state: dict = {"gen0_path": None, "per_seq": {}, "examples": {}, "fits": {}}
+        self.state: dict = self._empty_state()
         self._train = None
         self._gen0 = None
         self._own_models: list[str] = []
+
+    @staticmethod
+    def _empty_state() -> dict:
+        return {"gen0_path": None, "per_seq": {}, "examples": {}, "fits": {}}
+
+    def variant(self, **changes) -> LMCollapse:
+        """A fresh copy (no state: a new run) with some settings changed, e.g.
+        ``exp.variant(epochs=10, regime="keep_real(0.1)")``; ``n_diversity`` follows a new regime."""
+        unknown = sorted(k for k in changes if k.startswith("_") or not hasattr(self, k))
+        if unknown:
+            raise TypeError(f"LMCollapse has no setting {unknown}")
+        new = copy.copy(self)
+        for k, v in changes.items():
+            setattr(new, k, v)
+        new.regime = parse_regime(new.regime)
+        if "regime" in changes and "n_diversity" not in changes:
+            new.n_diversity = int(new.regime.n_synthetic(len(new.data.train)))
+        new.model_dir = Path(new.model_dir) if new.model_dir is not None else None
+        new.state = self._empty_state()
+        new._train, new._gen0, new._own_models = None, None, []
+        return new
 
     # -- state that must survive a resume -----------------------------------------------------
     def get_state(self):
@@ -221,10 +245,12 @@ class LMCollapse(Experiment):
         from ..core.parallel import thread_tag
         from ..core.storage import atomic_write_bytes, read_cache
 
+        if self.model_dir is None:
+            raise ValueError("LMCollapse needs a model_dir to keep its fitted models (run() sets one)")
         seed = ctx.int_seed("fit")
-        fp = _sha({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr, "bs": self.batch_size,
-                   "seed": seed, "patience": self.patience, "code": _train_code_key(), "threads": thread_tag()},
-                  data, self.data.valid)
+        fp = fingerprint({"base": self.base.fingerprint, "epochs": self.epochs, "lr": self.lr,
+                          "bs": self.batch_size, "seed": seed, "patience": self.patience, "code": _train_code_key(),
+                          "threads": thread_tag()}, data, self.data.valid)
         out = self.model_dir / f"model-{fp}"
         meta = out / "fit.json"
 
@@ -281,20 +307,22 @@ class LMCollapse(Experiment):
         return train[torch.as_tensor(idx)]
 
     def sample(self, model: FittedLM, n: int, ctx: GenerationContext) -> torch.Tensor:
+        """The next generation's synthetic data: the model beam-searches ``block_size`` new tokens after
+        each of ``n`` prompt blocks (:meth:`prompts_for`); the continuations alone are the new blocks."""
         prompts = self.prompts_for(n, ctx)
-        # beam search is deterministic: its output is stored beside the model and reused by a rerun
+        return self._stored(model, prompts, lambda: generate_continuations(
+            load_model(model.path), prompts, self.data.block_size, self.num_beams, self.repetition_penalty,
+            self.gen_batch_size, progress=self.progress, desc=f"gen {ctx.generation}: beam search"))
+
+    def _stored(self, model: FittedLM, prompts: torch.Tensor, compute) -> torch.Tensor:
+        """Beam search is deterministic: its output is stored beside the model and reused by a rerun."""
         from ..core.parallel import thread_tag
         from ..core.storage import cached_tensor
 
-        key = _sha({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
-                    "code": _train_code_key(), "threads": thread_tag()}, prompts)
+        key = fingerprint({"beams": self.num_beams, "penalty": self.repetition_penalty, "new": self.data.block_size,
+                           "code": _train_code_key(), "threads": thread_tag()}, prompts)
         cached = Path(model.path) / f"continuations-{key}.pt"
-        return cached_tensor(
-            cached, (len(prompts), self.data.block_size),
-            lambda: generate_continuations(load_model(model.path), prompts, self.data.block_size, self.num_beams,
-                                           self.repetition_penalty, self.gen_batch_size, progress=self.progress,
-                                           desc=f"gen {ctx.generation}: beam search"),
-            "cached beam-search continuations")
+        return cached_tensor(cached, (len(prompts), self.data.block_size), compute, "cached beam-search continuations")
 
     def _gen0_model(self):
         path = self.state["gen0_path"]

@@ -28,7 +28,6 @@ recursion trains on (:func:`select_blocks`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -40,7 +39,7 @@ import numpy as np
 import torch
 
 from ..core.data import DataError, cache_dir, dataset_file
-from ..core.storage import atomic_write_bytes, read_cache
+from ..core.storage import atomic_write_bytes, fingerprint, read_cache
 
 __all__ = [
     "DATA_CONFIGS",
@@ -295,16 +294,12 @@ class LMData:
         )
 
 
-def _fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def _folder_key(name: str) -> list[str]:
     """A local tokenizer folder's identity for cache keys: its files' names and contents."""
     folder = Path(name).expanduser()
     if not folder.is_dir():
         return []
-    return [f"{f.name}:{hashlib.sha256(f.read_bytes()).hexdigest()[:16]}" for f in sorted(folder.glob("*"))
+    return [f"{f.name}:{fingerprint(np.frombuffer(f.read_bytes(), dtype=np.uint8))}" for f in sorted(folder.glob("*"))
             if f.is_file() and ("token" in f.name or f.suffix in (".json", ".txt", ".model"))]
 
 
@@ -319,11 +314,11 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
         if config != "wikitext-2-v1":
             raise ValueError("the local BPE tokenizer is trained on wikitext-2-v1; use data_config='wikitext-2-v1'")
         files = {s: dataset_file("wikitext-2", f"wiki.{s}.tokens", data_path) for s in SPLITS}
-        key = _fingerprint(["bpe", config, vocab_size, drop_headings, tokenize, __version__,
-                           *[str(f.stat().st_size) for f in files.values()]])
+        key = fingerprint(["bpe", config, vocab_size, drop_headings, tokenize, __version__,
+                           *[str(f.stat().st_size) for f in files.values()]], length=12)
     else:
-        key = _fingerprint(["hub", config, tokenizer_name, drop_headings, tokenize, __version__,
-                            *_folder_key(tokenizer_name), str(data_path or "")])
+        key = fingerprint(["hub", config, tokenizer_name, drop_headings, tokenize, __version__,
+                            *_folder_key(tokenizer_name), str(data_path or "")], length=12)
     root = Path(cache) if cache is not None else cache_dir() / "lm"
     name = Path(tokenizer_name).name if Path(tokenizer_name).expanduser().is_dir() else tokenizer_name
     folder = root / f"{config}-{name.replace('/', '--')}-{vocab_size if tokenizer_name == 'local-bpe' else 'x'}-{key}"
@@ -331,7 +326,7 @@ def _tokenized_splits(config: str, tokenizer_name: str, vocab_size: int, drop_he
 
     def load(path: Path):
         info = json.loads(path.read_text())
-        ids = {s: np.load(folder / f"{s}.npy") for s in SPLITS}
+        ids = {s: np.load(folder / f"{s}.npy", allow_pickle=False) for s in SPLITS}
         tok_path = str(folder / "tokenizer") if tokenizer_name == "local-bpe" else tokenizer_name
         return tok_path, ids, info
 

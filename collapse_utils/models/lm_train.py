@@ -35,6 +35,7 @@ from ..core.progress import progress_disabled
 
 __all__ = [
     "FitInfo",
+    "beam_continuations",
     "cap_threads",
     "finetune",
     "generate_continuations",
@@ -153,45 +154,70 @@ def finetune(model_path: str | os.PathLike, train_blocks: torch.Tensor, valid_bl
     differs when the validation loss would have come back below its best later on.
     """
     from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader, TensorDataset
-    from tqdm.auto import tqdm
 
     acc = get_accelerator()
     t0 = time.time()
     set_seed(int(seed) % (2**32))
     model = load_model(model_path)
-    model.train()
-    per_device = max(1, math.ceil(batch_size / acc.num_processes))
-    gen = torch.Generator().manual_seed(int(seed) % (2**63))
-    train_dl = DataLoader(TensorDataset(train_blocks.long()), batch_size=per_device, shuffle=True, generator=gen)
-    valid_dl = DataLoader(TensorDataset(valid_blocks.long()), batch_size=max(per_device, 32), shuffle=False)
+    train_dl, valid_dl = _loaders(train_blocks, valid_blocks, batch_size, seed, acc.num_processes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs), eta_min=min(eta_min, lr))
     model, opt, train_dl, valid_dl = acc.prepare(model, opt, train_dl, valid_dl)
-    best, best_epoch, val_losses, train_losses = None, -1, [], []
-    tokens = 0
-    bar = tqdm(range(epochs), desc=desc, leave=False, disable=progress_disabled(progress) or not acc.is_local_main_process)
-    for epoch in bar:
-        run, nb = 0.0, 0
-        for (batch,) in train_dl:
-            out = model(input_ids=batch, labels=batch)
-            acc.backward(out.loss)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            run += float(out.loss.detach())
-            nb += 1
-            tokens += batch.numel() * acc.num_processes
+    best, best_epoch, val_losses, train_losses, tokens = None, -1, [], [], 0
+    for epoch in _epochs(epochs, desc, progress, acc):
+        train_loss, seen = _train_epoch(model, train_dl, opt, acc)
         sched.step()
-        train_losses.append(run / max(nb, 1))
-        val = _mean_loss(model, valid_dl, acc)
-        val_losses.append(val)
-        if best is None or val < min(val_losses[:-1]):
-            best_epoch = epoch + 1
-            best = {k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()}
-        bar.set_postfix(train=f"{train_losses[-1]:.3f}", val=f"{val:.3f}")
-        if patience and epoch + 1 - best_epoch >= patience:
+        train_losses.append(train_loss)
+        tokens += seen
+        val_losses.append(_mean_loss(model, valid_dl, acc))
+        if best is None or val_losses[-1] < min(val_losses[:-1]):  # the best checkpoint so far
+            best_epoch, best = epoch + 1, _cpu_copy(acc.unwrap_model(model).state_dict())
+        if patience and epoch + 1 - best_epoch >= patience:  # early stopping (0: every epoch runs)
             break
-    bar.close()
+    _save_best(acc, model, best, out_dir)
+    return FitInfo(str(out_dir), best_epoch, val_losses, train_losses, time.time() - t0, tokens, acc.num_processes)
+
+
+def _train_epoch(model, loader, opt, acc) -> tuple[float, int]:
+    """One pass over the training blocks, one AdamW step per batch: (mean batch loss, tokens seen)."""
+    model.train()
+    total, batches, tokens = 0.0, 0, 0
+    for (batch,) in loader:
+        out = model(input_ids=batch, labels=batch)  # next-token cross-entropy
+        acc.backward(out.loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        total += float(out.loss.detach())
+        batches += 1
+        tokens += batch.numel() * acc.num_processes
+    return total / max(batches, 1), tokens
+
+
+def _loaders(train_blocks: torch.Tensor, valid_blocks: torch.Tensor, batch_size: int, seed: int, processes: int):
+    """Shuffled training batches (seeded) and validation batches; ``batch_size`` is split over processes."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    per_device = max(1, math.ceil(batch_size / processes))
+    gen = torch.Generator().manual_seed(int(seed) % (2**63))
+    train_dl = DataLoader(TensorDataset(train_blocks.long()), batch_size=per_device, shuffle=True, generator=gen)
+    valid_dl = DataLoader(TensorDataset(valid_blocks.long()), batch_size=max(per_device, 32), shuffle=False)
+    return train_dl, valid_dl
+
+
+def _epochs(epochs: int, desc: str, progress: bool, acc):
+    """``range(epochs)`` behind a progress bar (closed when the loop ends or breaks)."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(range(epochs), desc=desc, leave=False,
+                    disable=progress_disabled(progress) or not acc.is_local_main_process)
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _save_best(acc, model, best: dict, out_dir) -> None:
+    """Load the best epoch's weights and write them with ``save_pretrained`` (main process)."""
     final = acc.unwrap_model(model)
     final.load_state_dict(best)
     out_dir = Path(out_dir)
@@ -201,7 +227,6 @@ def finetune(model_path: str | os.PathLike, train_blocks: torch.Tensor, valid_bl
         final.save_pretrained(str(out_dir))
     acc.wait_for_everyone()
     acc.free_memory()
-    return FitInfo(str(out_dir), best_epoch, val_losses, train_losses, time.time() - t0, tokens, acc.num_processes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,21 +276,44 @@ def perplexity_stats(nll: np.ndarray, prefix: str) -> dict[str, float]:
     }
 
 
+def beam_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: int = 5,
+                       repetition_penalty: float = 3.0, logits_processor=None) -> torch.Tensor:
+    """The generation step: beam search writes exactly ``new_tokens`` tokens after every prompt block.
+
+    Deterministic (no sampling); the end token is forbidden until the last position
+    (``min_new_tokens = max_new_tokens``), so every continuation has the same length.  The repetition
+    penalty divides (multiplies) the positive (negative) score of every token already in the beam.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    cfg = model.config
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 1
+    eos = cfg.eos_token_id if cfg.eos_token_id is not None else 2
+    search = GenerationConfig(
+        num_beams=int(num_beams), do_sample=False, min_new_tokens=int(new_tokens), max_new_tokens=int(new_tokens),
+        repetition_penalty=float(repetition_penalty), pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
+        early_stopping=False, num_return_sequences=1,
+    )
+    with torch.no_grad():
+        out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), generation_config=search,
+                             logits_processor=LogitsProcessorList(logits_processor or []))
+    return out[:, prompts.shape[1]:]
+
+
 def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, num_beams: int = 5,
                            repetition_penalty: float = 3.0, batch_size: int = 64, progress: bool = False,
                            desc: str = "beam search", logits_processor=None, fast: bool = True) -> torch.Tensor:
-    """Beam-search exactly ``new_tokens`` tokens after every prompt block: LongTensor (n, new_tokens).
+    """:func:`beam_continuations` of every prompt block, in batches: LongTensor (n, new_tokens).
 
-    Deterministic (no sampling).  ``model.generate`` does the search, except where
-    :func:`collapse_utils.models.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in one process, extra
-    processors only if row-wise, as the watermark is), which gives the same tokens as ``generate`` without its per-step overhead (tested
-    token for token in ``tests/test_lm_beam.py``).  ``logits_processor``: extra ``transformers`` logits
-    processors (e.g. a watermark), applied after the built-in ones as ``generate`` applies them.  With several
-    ``accelerate launch`` processes the prompts are split between them and the continuations gathered
-    back in order.
+    Where :func:`collapse_utils.models.lm_beam.beam_search` applies (``fast``; a small OPT on the CPU in
+    one process, extra processors only if row-wise, as the watermark is), it runs instead: the same
+    tokens as ``model.generate`` without its per-step overhead (tested token for token in
+    ``tests/test_lm_beam.py`` and ``tests/test_lm.py``).  ``logits_processor``: extra ``transformers``
+    logits processors (e.g. a watermark), applied after the built-in ones as ``generate`` applies them.
+    With several ``accelerate launch`` processes the prompts are split between them and the
+    continuations gathered back in order.
     """
     from tqdm.auto import tqdm
-    from transformers import GenerationConfig, LogitsProcessorList
 
     acc = get_accelerator()
     dev = acc.device
@@ -278,14 +326,6 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
                 and all(rowwise_processor(p) for p in logits_processor or ())):
             return beam_search(model, prompts, new_tokens, num_beams, repetition_penalty, batch_size,
                                progress=progress, desc=desc, logits_processor=logits_processor)
-    cfg = model.config
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else 1
-    eos = cfg.eos_token_id if cfg.eos_token_id is not None else 2
-    gcfg = GenerationConfig(
-        num_beams=int(num_beams), do_sample=False, min_new_tokens=int(new_tokens), max_new_tokens=int(new_tokens),
-        repetition_penalty=float(repetition_penalty), pad_token_id=pad, eos_token_id=eos, bos_token_id=eos,
-        early_stopping=False, num_return_sequences=1,
-    )
     idx = list(range(len(prompts)))
     chunks: list[tuple[int, torch.Tensor]] = []
     with acc.split_between_processes(idx) as mine:
@@ -293,10 +333,7 @@ def generate_continuations(model, prompts: torch.Tensor, new_tokens: int = 64, n
         for s in tqdm(starts, desc=desc, leave=False, disable=progress_disabled(progress) or not acc.is_local_main_process):
             rows = mine[s:s + batch_size]
             p = prompts[rows].long().to(dev)
-            with torch.no_grad():
-                out = model.generate(input_ids=p, attention_mask=torch.ones_like(p), generation_config=gcfg,
-                                     logits_processor=LogitsProcessorList(logits_processor or []))
-            cont = out[:, p.shape[1]:].cpu()
+            cont = beam_continuations(model, p, new_tokens, num_beams, repetition_penalty, logits_processor).cpu()
             if cont.shape != (len(rows), new_tokens):
                 raise RuntimeError(f"generation returned {tuple(cont.shape)}, expected {(len(rows), new_tokens)}")
             chunks.append((rows[0], cont))
@@ -327,7 +364,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repetition-penalty", type=float, default=3.0)
     a = ap.parse_args(argv)
     cap_threads()
-    data = torch.load(a.blocks)
+    data = torch.load(a.blocks, weights_only=True)
     info = finetune(a.model, data["train"], data["valid"], Path(a.out) / "model", a.epochs, a.lr, a.batch_size,
                     a.seed)
     acc = get_accelerator()
