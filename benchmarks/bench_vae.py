@@ -27,7 +27,7 @@ Timings on a machine shared with other jobs are pessimistic and noisy; compare t
 Part 3 (``--paper-reference``, the yardstick of chapter 03's ``gen0-draws-digits`` claim): trains
 generation 0 the way the paper does -- all 60,000 images, 30 epochs, batch 256, seed 0 -- and prints
 the chapter's classifier's mean top-class probability on images decoded from N(0, I) after every
-``--every`` epochs.  The last line is the value recorded as ``PAPER_GEN0_CONFIDENCE`` in
+``--every`` epochs.  The last line is the value recorded as ``REFERENCE_GEN0_CONFIDENCE`` in
 ``collapse_utils/chapters/vae_mnist.py`` (an hour or more on one CPU thread; minutes on a GPU):
 
     COLLAPSE_DATA_DIR=/path/to/data python benchmarks/bench_vae.py --paper-reference [--threads 1]

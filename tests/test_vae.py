@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import collapse_utils as cu
 from collapse_utils.models import vae
 from collapse_utils.chapters import vae_mnist as ch
 from collapse_utils.tooling.config import ParamError, load_preset
@@ -168,7 +169,7 @@ def test_run_study_is_deterministic_and_shares_generation_zero(mnist_ok, tmp_pat
     a = ch.run_study(params, data, None, checkpoint_root=None, progress=False)
     # two runs in two worker processes (two threads each) give exactly the same numbers
     b = ch.run_study({**params, "parallel_runs": 2}, data, None, checkpoint_root=tmp_path / "ck",
-                      progress=False)
+                     progress=False)
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
     w = a.wide().set_index(["condition", "generation"])
     g0 = w.xs(0, level="generation")
@@ -223,12 +224,14 @@ def test_presets_match_and_validate():
     for name in ("smoke", "cpu", "paper"):
         p = load_preset(name, "03")
         assert set(p) == keys
-        ch.validate_params({**p, "preset": name, "run_name": ""})
+        ch.Params.check({**p, "preset": name, "run_name": ""})
     from collapse_utils.tooling.config import get_chapter
     from collapse_utils.tooling.runner import _read_md, notebook_defaults
 
     defaults = notebook_defaults(_read_md(get_chapter("03")))
-    assert {k: v for k, v in defaults.items() if k not in ("preset", "run_name")} == load_preset("cpu", "03")
+    # the parameters cell names every declared parameter, each None (= the preset's value)
+    assert {k: v for k, v in defaults.items() if k not in ("preset", "run_name")} == dict.fromkeys(ch.Params.specs())
+    assert load_preset("cpu", "03") == ch.Params.defaults()
     paper = load_preset("paper", "03")
     assert paper["n_train"] == 60_000 and paper["epochs"] == 30 and paper["batch_size"] == 256
     # the paper's sample figure: the original model and generations 5, 10 and 20
@@ -267,15 +270,15 @@ def test_bad_parameters_give_one_error_listing_all():
     p = tiny_params(seeds=0, conditions=["accumulate/fresh", "replace/fixed", "replace/fixed"], n_train=10,
                     device="tpu", parallel_runs=0, threads_per_run=2, grid_generations=[5, 10])
     with pytest.raises(ParamError) as err:
-        ch.validate_params(p)
+        ch.Params.check(p)
     msg = str(err.value)
     for word in ("seeds", "accumulate/fresh", "must not repeat", "n_train", "device", "parallel_runs",
                  "grid_generations [5, 10] names no generation of this run (0 to 2)"):
         assert word in msg
     for bad in ([], [-1, 0], [0, 0], "0,1"):
         with pytest.raises(ParamError, match="grid_generations"):
-            ch.validate_params(tiny_params(grid_generations=bad))
-    ch.validate_params(tiny_params(grid_generations=[0, 5, 10, 20]))  # later ones are left out of the figure
+            ch.Params.check(tiny_params(grid_generations=bad))
+    ch.Params.check(tiny_params(grid_generations=[0, 5, 10, 20]))  # later ones are left out of the figure
 
 
 # -- the classifier ----------------------------------------------------------------------------
@@ -332,3 +335,45 @@ def test_deepcopy_of_experiment_state_roundtrip():
     ex2.set_state(copy.deepcopy(ex.get_state()))
     x = torch.rand(8, 1, 28, 28)
     assert torch.equal(ex.reference(x)[0], ex2.reference(x)[0])
+
+
+# -- the loop on the page ------------------------------------------------------------------------
+def test_default_loop_is_the_first_condition():
+    p = ch.Params.from_values(tiny_params())
+    loop = ch.default_loop(p)
+    assert isinstance(loop.experiment, vae.VAEExperiment) and loop.experiment.synthetic == "fresh"
+    assert str(loop.regime) == "replace" and loop.generations == p.generations == 2
+    assert loop.experiment.n_eval == p.n_eval and loop.experiment.cfg == ch.train_config(p)
+
+
+class CountingVAE(vae.VAEExperiment):
+    """A reader's experiment: the chapter's VAE, recording every fit it makes."""
+
+    fits: list = []
+
+    def fit(self, data, ctx):
+        CountingVAE.fits.append((ctx.generation, len(data)))
+        return super().fit(data, ctx)
+
+
+def test_a_swapped_loop_runs_the_chapter(mnist_ok, tmp_path):
+    """The page's loop with two pieces swapped, the regime (keep_real(0.5), a fixed synthetic set) and
+    the experiment (a subclass with its own fit), runs the chapter at smoke size, and the run uses them:
+    half of generation 1's training set is real, and the subclass fits every generation except the
+    cached generation 0 of the second condition."""
+    p = ch.Params.from_values(tiny_params(seeds=1, generations=1, conditions=["replace/fresh", "replace/fixed"]))
+    CountingVAE.fits.clear()
+    loop = cu.Loop(experiment=CountingVAE(ch.train_config(p), synthetic="fixed", n_eval=p.n_eval),
+                   regime="keep_real(0.5)", generations=1)
+    study = ch.run(p, loop, checkpoint_root=tmp_path / "ck", progress=False)
+    assert [c.label for c in study.conditions] == ["keep_real(0.5) / fixed", "replace / fixed"]
+    book = study.bookkeeping.set_index(["condition", "generation"])
+    assert book.loc[("keep_real(0.5) / fixed", 1), "n_real"] == 128 == p.n_train // 2
+    assert book.loc[("replace / fixed", 1), "n_real"] == 0
+    assert CountingVAE.fits == [(0, 256), (1, 256), (1, 256)]
+    assert {"classifier_confidence", "test_neg_elbo", "latent_spread"} <= set(study.metrics.metric)
+    assert study.classifier_accuracy > 0.8  # the smoke classifier: 4,000 images, one epoch
+    fresh = cu.Loop(experiment=vae.VAEExperiment(ch.train_config(p), synthetic="fresh"), regime="accumulate",
+                    generations=1)
+    with pytest.raises(ValueError, match="do not fit together"):
+        ch.run(p, fresh, progress=False)

@@ -40,16 +40,16 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.storage import state_record
 
 __all__ = [
     "DIGITS",
@@ -178,6 +178,7 @@ def _batch_sizes(n: int, batch: int) -> list[int]:
     return [min(batch, n - i) for i in range(0, n, batch)]
 
 
+@state_record  # engine data: stored in checkpoints as a state dict of tensors and plain values
 @dataclass
 class FreshSynthetic:
     """Unlimited synthetic data: the previous generation's decoder, decoded anew for every batch.
@@ -244,24 +245,33 @@ def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progr
               model: VAE | None = None, on_epoch=None) -> tuple[VAE, list[float]]:
     """Fit a fresh VAE (or continue ``model``) on ``data``; returns (model in eval mode, loss history).
 
-    ``data``: a float tensor (n, 1, 28, 28) in [0, 1] or a :class:`FreshSynthetic`.
-    ``steps``: gradient steps (default: ``cfg.epochs`` passes over ``data``).
-    The history holds the mean negative ELBO per image of each block of ``ceil(n / batch)`` steps
-    (one epoch); losses stay on the device until a block ends, so the loop never waits on them
-    per batch.  Deterministic under ``seed``.
-    ``on_epoch(epoch, model)``: called after every block (epoch numbers from 1), e.g. to measure
-    a learning curve; the model is put back into training mode afterwards.
+    ``data``: real or decoded images (n, 1, 28, 28) in [0, 1], or a :class:`FreshSynthetic` that
+    decodes new ones for every batch.  ``steps``: gradient steps (default ``cfg.epochs`` passes).
+    Deterministic under ``seed``.  The history holds the mean negative ELBO per image of every
+    epoch (:class:`_FitLog`, which also calls ``on_epoch(epoch, model)`` and draws the progress bar).
     """
-    from tqdm.auto import tqdm
-
-    from ..core.progress import progress_disabled
-
-    dev = cfg.device
-    n = len(data)
-    per_epoch = math.ceil(n / cfg.batch_size)
-    steps = cfg.epochs * per_epoch if steps is None else int(steps)
     model = cfg.new_model(seed) if model is None else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    batches, noise, log = _fit_streams(data, cfg, seed, steps, progress, on_epoch)
+    model.train()
+    for xb in batches:
+        recon, mu, logvar = model(xb, noise)  # z = mu + sigma * eps, eps drawn from `noise`
+        loss = vae_loss(recon, xb, mu, logvar, cfg.beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.step(loss, len(xb), model)
+    return model.eval(), log.close()
+
+
+def _fit_streams(data, cfg: TrainConfig, seed: int, steps: int | None, progress: bool, on_epoch):
+    """The random streams and bookkeeping of one fit: (batches, the reparameterisation noise, log).
+
+    Batches are shuffled passes over a tensor, or freshly decoded images for a :class:`FreshSynthetic`;
+    both streams derive from ``seed``, so a fit is deterministic."""
+    dev = cfg.device
+    per_epoch = math.ceil(len(data) / cfg.batch_size)
+    steps = cfg.epochs * per_epoch if steps is None else int(steps)
     ss = np.random.SeedSequence([int(seed) % (2**63), 3]).generate_state(2)
     noise = _device_generator(dev, int(ss[0]))
     if isinstance(data, FreshSynthetic):
@@ -269,27 +279,42 @@ def train_vae(data, cfg: TrainConfig, seed: int, steps: int | None = None, progr
     else:
         shuffle = torch.Generator().manual_seed(int(ss[1]))
         batches = _fixed_batches(data, cfg.batch_size, steps, shuffle, dev)
-    model.train()
-    history, running, seen = [], torch.zeros((), device=dev), 0
-    bar = tqdm(total=steps, desc="VAE fit", leave=False, disable=progress_disabled(progress))
-    for step, xb in enumerate(batches, 1):
-        recon, mu, logvar = model(xb, noise)
-        loss = vae_loss(recon, xb, mu, logvar, cfg.beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += loss.detach()
-        seen += len(xb)
-        if step % per_epoch == 0 or step == steps:
-            history.append(float(running) / seen)
-            running, seen = torch.zeros((), device=dev), 0
-            if on_epoch is not None:
+    return batches, noise, _FitLog(per_epoch, steps, dev, progress, on_epoch)
+
+
+class _FitLog:
+    """A fit's loss history: the mean negative ELBO per image of each block of ``per_epoch`` steps.
+
+    Losses stay on the device until a block ends, so the training loop never waits on them per batch.
+    ``on_epoch(epoch, model)`` runs after every block (epochs numbered from 1), e.g. to measure a
+    learning curve; the model is put back into training mode afterwards."""
+
+    def __init__(self, per_epoch: int, steps: int, device: str, progress: bool, on_epoch=None):
+        from tqdm.auto import tqdm
+
+        from ..core.progress import progress_disabled
+
+        self.per_epoch, self.steps, self.device, self.on_epoch = per_epoch, steps, device, on_epoch
+        self.history: list[float] = []
+        self.running, self.seen, self.done = torch.zeros((), device=device), 0, 0
+        self.bar = tqdm(total=steps, desc="VAE fit", leave=False, disable=progress_disabled(progress))
+
+    def step(self, loss: torch.Tensor, n: int, model: nn.Module) -> None:
+        self.done += 1
+        self.running += loss.detach()
+        self.seen += n
+        if self.done % self.per_epoch == 0 or self.done == self.steps:
+            self.history.append(float(self.running) / self.seen)
+            self.running, self.seen = torch.zeros((), device=self.device), 0
+            if self.on_epoch is not None:
                 with torch.no_grad():
-                    on_epoch(len(history), model)
+                    self.on_epoch(len(self.history), model)
                 model.train()
-        bar.update()
-    bar.close()
-    return model.eval(), history
+        self.bar.update()
+
+    def close(self) -> list[float]:
+        self.bar.close()
+        return self.history
 
 
 @torch.no_grad()
@@ -342,13 +367,17 @@ def latent_stats(mu: np.ndarray) -> dict[str, float]:
 
 
 class VAEExperiment:
-    """fit / sample / evaluate for :func:`collapse_utils.core.engine.run_recursion` (one seed per run)."""
+    """fit / sample / evaluate for :func:`collapse_utils.core.engine.run_recursion` (one seed per run).
+
+    ``classifier`` and ``test_x`` are the yardsticks of :meth:`evaluate` (class shares, real-test
+    negative ELBO); ``steps`` fixes the gradient steps of every fit (default ``cfg.epochs`` passes).
+    """
 
     batched = False
 
     def __init__(self, cfg: TrainConfig, synthetic: str = "fresh", classifier: nn.Module | None = None,
                  test_x: torch.Tensor | None = None, n_eval: int = 2000, n_grid: int = 16,
-                 gen0_cache: str | Path | None = None, steps: int | None = None, name: str | None = None):
+                 steps: int | None = None, name: str | None = None):
         if synthetic not in ("fresh", "fixed"):
             raise ValueError(f"synthetic must be 'fresh' or 'fixed', got {synthetic!r}")
         self.cfg = cfg
@@ -357,7 +386,6 @@ class VAEExperiment:
         self.test_x = test_x
         self.n_eval = int(n_eval)
         self.n_grid = int(n_grid)
-        self.gen0_cache = Path(gen0_cache) if gen0_cache else None
         self.steps = steps
         self.name = name or f"vae_{synthetic}"
         self.reference: Encoder | None = None  # generation 0's encoder, the fixed yardstick
@@ -366,32 +394,13 @@ class VAEExperiment:
 
     # -- engine protocol ---------------------------------------------------------------------
     def fit(self, data, ctx) -> VAE:
-        seed = ctx.int_seed("fit")
-        cached = self._gen0_path(data, ctx) if ctx.generation == 0 else None
-        if cached is not None:
-            from ..core.storage import read_cache
-
-            def load(path):
-                blob = torch.load(path, map_location=self.cfg.device, weights_only=True)
-                m = self.cfg.new_model(seed)
-                m.load_state_dict(blob["state_dict"])
-                return m, list(blob["history"])
-
-            hit = read_cache(cached, load, "cached generation-0 VAE")
-            if hit is not None:
-                self.histories[0] = hit[1]
-                return hit[0].eval()
-        model, hist = train_vae(data, self.cfg, seed, steps=self.steps)
-        self.histories[ctx.generation] = hist
-        if cached is not None:
-            from ..core.storage import atomic_write_bytes
-
-            buf = io.BytesIO()
-            torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist}, buf)
-            atomic_write_bytes(cached, buf.getvalue())
+        """A fresh VAE trained on this generation's data (real images at generation 0)."""
+        model, self.histories[ctx.generation] = train_vae(data, self.cfg, ctx.int_seed("fit"), steps=self.steps)
         return model
 
     def sample(self, model: VAE, n: int, ctx):
+        """The next generation's training data: ``n`` images decoded from z ~ N(0, I), either decoded
+        anew for every batch (``fresh``, the official code) or decoded once (``fixed``)."""
         seed = ctx.int_seed("sample")
         if self.synthetic == "fresh":
             state = {k: v.detach().cpu().clone() for k, v in model.decoder.state_dict().items()}
@@ -437,18 +446,6 @@ class VAEExperiment:
             self.reference = enc.to(self.cfg.device).eval()
         self.artifacts = dict(state.get("artifacts", {}))
         self.histories = dict(state.get("histories", {}))
-
-    # -- helpers -------------------------------------------------------------------------------
-    def _gen0_path(self, data, ctx) -> Path | None:
-        """Generation 0 is the same fit in every condition (same seed, same real data): cache it."""
-        if self.gen0_cache is None or not isinstance(data, torch.Tensor):
-            return None
-        h = hashlib.sha256(data.numpy().tobytes()).hexdigest()[:10]
-        steps = self.steps or self.cfg.epochs * math.ceil(len(data) / self.cfg.batch_size)
-        from ..core.parallel import thread_tag
-
-        return self.gen0_cache / (f"gen0-{self.cfg.key()}-{code_key()}-steps{steps}-data{h}-seed{ctx.seed}"
-                                  f"-{thread_tag()}.pt")
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
