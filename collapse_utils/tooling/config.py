@@ -82,6 +82,7 @@ CHAPTERS: dict[str, Chapter] = {
         Chapter("04", "04_language_models", "Language models collapse", "collapse_utils.chapters.language_models"),
         Chapter("05", "05_escaping_collapse", "Escaping collapse", "collapse_utils.chapters.escaping_collapse"),
         Chapter("06", "06_provenance", "Provenance: telling generated text apart", "collapse_utils.chapters.provenance"),
+        Chapter("07", "07_theory_since_2024", "The theory since the paper", "collapse_utils.chapters.theory_since_2024"),
     )
 }
 

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: the extras of pyproject.toml each chapter's Colab cell installs (everything else a chapter needs is core)
-CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {"01": (), "02": (), "03": (), "04": ("lm",), "05": (), "06": ("lm",)}
+CHAPTER_EXTRAS: dict[str, tuple[str, ...]] = {"01": (), "02": (), "03": (), "04": ("lm",), "05": (), "06": ("lm",), "07": ()}
 #: the book's repository (``repository.url`` of _config.yml), for a package installed without its checkout
 REPOSITORY_URL = "https://github.com/model-collapse-book/model-collapse-book"
 #: the generated table that book/execution.md includes
