@@ -219,7 +219,7 @@ def _corrupt_data(tmp: Path) -> Path:
 #: (input as a reader would describe it, command-line arguments, environment, what the message must say)
 CATALOGUE = [
     ("unknown chapter", ["run", "99"], {}, r"unknown chapter '99'; valid chapters: 01 \(01_gaussian_theory\)"),
-    ("unknown chapter in `book --chapters`", ["book", "--chapters", "7"], {}, r"unknown chapter '7'; valid chapters"),
+    ("unknown chapter in `book --chapters`", ["book", "--chapters", "8"], {}, r"unknown chapter '8'; valid chapters"),
     ("unknown preset", ["run", "01", "--preset", "huge"], {}, r"unknown preset 'huge'; valid presets: smoke, cpu, paper"),
     ("unknown parameter", ["run", "01", "-p", "nope=1"], {}, r"unknown parameter 'nope' for chapter 01; valid parameters: .*seeds"),
     ("`-p` without `=`", ["run", "01", "-p", "seeds"], {}, r"parameter override 'seeds' must look like name=value"),
