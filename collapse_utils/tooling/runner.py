@@ -1,12 +1,16 @@
 """Execute chapters with papermill and build the book.
 
 ``python -m collapse_utils run 01 --preset smoke -p generations=10``
-``python -m collapse_utils book --preset cpu``
+``python -m collapse_utils book --preset cpu`` (``--force`` re-executes every chapter)
 ``python -m collapse_utils list``
+``python -m collapse_utils plan 04 --preset paper`` (the runs of a preset and their estimated cost)
 
 The reviewed source of a chapter is ``notebooks/NN_name.md`` (jupytext MyST).  It
 is converted in memory and executed by papermill into ``book/_generated/`` (never
 in place), with the preset's values injected after the ``parameters`` cell.
+
+The book is incremental: every executed notebook carries its build key (``build_key``), and ``book``
+does not execute a chapter again whose notebook in ``book/_generated/`` has the key it would get now.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import yaml
 from .config import COMMON_PARAMS, PRESETS, ParamError, available_chapters, get_chapter, load_preset
 from ..core.results import repo_root
 
-__all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults", "write_scorecard"]
+__all__ = ["resolve_params", "execute_chapter", "build_book", "main", "notebook_defaults", "write_scorecard",
+           "build_key", "stored_build_key"]
 
 
 def _read_md(chapter):
@@ -114,6 +119,87 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
     return chapter, params
 
 
+# -- the incremental book: what an executed notebook depends on ------------------------------------------
+#: what the build key covers, in the words the progress output uses
+KEY_PARTS = {"notebook": "notebook source", "parameters": "parameters", "preset": "preset",
+             "package": "package source", "data": "data checksums", "environment": "locked environment"}
+_META = "collapse_utils"  # the executed notebook's metadata entry holding its build key
+
+
+def _package_digest(pkg: Path | None = None) -> str:
+    """The package hashed as a whole: every file under ``collapse_utils/`` (its path and text, ``__pycache__``
+    aside), so any change to the package counts as a change for every chapter."""
+    from ..core.storage import fingerprint
+
+    pkg = pkg or Path(__file__).resolve().parents[1]
+    files = sorted(f for f in pkg.rglob("*") if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc")
+    return fingerprint([(f.relative_to(pkg).as_posix(), f.read_bytes().decode("utf-8", "replace")) for f in files])
+
+
+def _data_digest() -> str:
+    """The sha256 of every registered dataset file (``data/registry.yaml``): files that load are verified
+    against these, so equal checksums mean equal data."""
+    from ..core.data import load_registry
+    from ..core.storage import fingerprint
+
+    return fingerprint({name: dict(ds.files) for name, ds in load_registry().items()})
+
+
+def _environment_digest() -> str:
+    """The locked versions (``requirements.lock``), torch's version and the Python version."""
+    from importlib import metadata
+
+    from ..core.storage import fingerprint
+
+    lock = repo_root(Path(__file__).parent) / "requirements.lock"
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = None
+    return fingerprint(lock.read_text() if lock.exists() else None, torch, sys.version_info[:2])
+
+
+def _notebook_source(chapter) -> str:
+    """The reviewed source the chapter executes from (``notebooks/NN_name.md``)."""
+    return chapter.notebook_md.read_text()
+
+
+def build_key(chapter, params: dict, preset: str, package: str | None = None) -> dict:
+    """What the executed notebook of ``chapter`` at ``params`` depends on: {"key": digest, "parts": {part:
+    digest}} over the notebook source, the parameters, the preset, the package source (hashed as a whole),
+    the data checksums and the locked environment.  ``package``: the package digest, when already known."""
+    from ..core.storage import fingerprint
+
+    parts = {"notebook": fingerprint(_notebook_source(chapter)),
+             "parameters": fingerprint(dict(params)),
+             "preset": preset,
+             "package": package or _package_digest(),
+             "data": _data_digest(),
+             "environment": _environment_digest()}
+    return {"key": fingerprint(parts), "parts": parts}
+
+
+def stored_build_key(notebook: str | Path) -> dict | None:
+    """The build key an executed notebook was written with (None: none, or no readable notebook)."""
+    import json
+
+    try:
+        meta = json.loads(Path(notebook).read_text()).get("metadata", {}).get(_META, {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return meta.get("build_key") if isinstance(meta, dict) else None
+
+
+def _up_to_date(chapter, key: dict, out_dir: Path) -> tuple[bool, list[str]]:
+    """(is the executed notebook in ``out_dir`` up to date, the parts of the key that changed)."""
+    stored = stored_build_key(out_dir / f"{chapter.slug}.ipynb")
+    if not stored or not isinstance(stored.get("parts"), dict):
+        return False, []
+    changed = [KEY_PARTS[k] for k in KEY_PARTS if stored["parts"].get(k) != key["parts"][k]]
+    outputs_present = all((out_dir / f).exists() for f in stored.get("outputs", []))
+    return stored.get("key") == key["key"] and not changed and outputs_present, changed
+
+
 def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, output_dir: str | Path | None = None,
                     progress: bool = False, log_output: bool = False, cell_progress: bool = False) -> Path:
     """Run one chapter through papermill; return the executed notebook's path.
@@ -136,7 +222,8 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
         ensure_writable(out_dir, "folder for executed notebooks", "pass a writable --output-dir")
     except StorageError as exc:
         raise ParamError(str(exc)) from None
-    chapter, _ = resolve_params(chapter_key, preset, overrides)  # everything refused before the kernel starts
+    chapter, params = resolve_params(chapter_key, preset, overrides)  # everything refused before the kernel starts
+    key = build_key(chapter, params, preset)
     out = out_dir / f"{chapter.slug}.ipynb"
     partial = out_dir / f".{chapter.slug}.partial.ipynb"
     failed = out_dir / f".{chapter.slug}.failed.ipynb"
@@ -169,6 +256,7 @@ def execute_chapter(chapter_key: str, preset: str = "cpu", overrides=None, outpu
                 pm.execute_notebook(str(src), str(partial), parameters=given, kernel_name="python3",
                                     cwd=str(root / "notebooks"), progress_bar=bar, log_output=log_output)
                 _tidy_executed(partial)
+                _record_build_key(partial, key, out_dir, chapter.slug)
                 os.replace(partial, out)
             except BaseException as exc:
                 if partial.exists() and isinstance(exc, Exception):  # a cell raised: keep it to inspect
@@ -195,9 +283,30 @@ def _tidy_executed(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None:
+def _record_build_key(path: Path, key: dict, out_dir: Path, slug: str) -> None:
+    """Write the build key into the executed notebook's metadata, with the files beside it that the
+    execution wrote (its claims and downloads), so that a later ``book`` knows whether it is up to date."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    outputs = sorted(f.relative_to(out_dir).as_posix() for pattern in (f"{slug}.*", f"downloads/{slug}*")
+                     for f in out_dir.glob(pattern) if f.is_file() and f.suffix != ".ipynb")
+    nb.metadata[_META] = {"build_key": {**key, "outputs": outputs}}
+    nbformat.write(nb, path)
+
+
+UP_TO_DATE = "up to date"
+
+
+def _execute_with_progress(chapters: list, preset: str, generated: Path, params: list | None = None,
+                           force: bool = False) -> list[tuple[str, str, float, str]]:
     """Execute chapters one by one: "chapter k of n", a cell bar, the time left estimated from the
-    previous run's timings (``book/_generated/timings.json``), and a closing table of times."""
+    previous run's timings (``book/_generated/timings.json``), and a closing table of times.
+
+    A chapter whose executed notebook is up to date (its build key, see ``build_key``, is the one it would
+    get now, and the files it wrote beside it are there) is not executed again unless ``force``; the
+    progress line and the table say so.  ``params``: each chapter's resolved parameters (default: resolved
+    here).  Returns the table's rows: (chapter id, slug, seconds, "executed" or "up to date")."""
     import json
 
     from ..core.storage import atomic_write_bytes
@@ -209,24 +318,42 @@ def _execute_with_progress(chapters: list, preset: str, generated: Path) -> None
     except (OSError, ValueError):
         timings = {}
     before = dict(timings.get(preset, {}))
+    params = params if params is not None else [resolve_params(c.id, preset)[1] for c in chapters]
+    package = _package_digest()
+    plan = []  # (chapter, up to date, changed parts)
+    for ch, p in zip(chapters, params):
+        fresh, changed = _up_to_date(ch, build_key(ch, p, preset, package), generated)
+        plan.append((ch, fresh and not force, changed))
     rows = []
     t_book = time.time()
-    for i, ch in enumerate(chapters, 1):
+    for i, (ch, skip, changed) in enumerate(plan, 1):
         head = f"[{i}/{len(chapters)}] chapter {ch.id}: {ch.title} ({preset} preset)"
-        left = [before.get(c.id) for c in chapters[i - 1:]]
+        if skip:
+            print(f"{head}: {UP_TO_DATE}, not executed (same {', '.join(KEY_PARTS.values())})", flush=True)
+            rows.append((ch.id, ch.slug, 0.0, UP_TO_DATE))
+            continue
+        left = [before.get(c.id) for c, s, _ in plan[i - 1:] if not s]
         if all(t is not None for t in left):
             head += f"; the previous run took {before[ch.id]:.0f} s, about {sum(left) / 60:.1f} min left"
+        if force:
+            head += "; --force: executed whether or not it is up to date"
+        elif changed:
+            head += f"; changed since its last execution: {', '.join(changed)}"
         print(head, flush=True)
         t0 = time.time()
         execute_chapter(ch.id, preset, output_dir=generated, cell_progress=True)
-        rows.append((ch.id, ch.slug, time.time() - t0))
+        rows.append((ch.id, ch.slug, time.time() - t0, "executed"))
         timings.setdefault(preset, {})[ch.id] = round(rows[-1][2], 1)
         atomic_write_bytes(timings_file, json.dumps(timings, indent=1, sort_keys=True).encode())
     width = max(len(r[1]) for r in rows)
-    print(f"\n{'chapter'.ljust(width)}  preset  seconds", flush=True)
-    for _, slug, seconds in rows:
-        print(f"{slug.ljust(width)}  {preset:<6}  {seconds:7.1f}")
-    print(f"{'all chapters'.ljust(width)}  {preset:<6}  {time.time() - t_book:7.1f}\n", flush=True)
+    print(f"\n{'chapter'.ljust(width)}  preset  seconds  status", flush=True)
+    for _, slug, seconds, status in rows:
+        shown = f"{seconds:7.1f}" if status == "executed" else f"{'-':>7}"
+        print(f"{slug.ljust(width)}  {preset:<6}  {shown}  {status}")
+    n_run = sum(r[3] == "executed" for r in rows)
+    print(f"{'all chapters'.ljust(width)}  {preset:<6}  {time.time() - t_book:7.1f}  "
+          f"{n_run} executed, {len(rows) - n_run} {UP_TO_DATE}\n", flush=True)
+    return rows
 
 
 def write_scorecard(generated: str | Path) -> Path:
@@ -249,10 +376,12 @@ def write_execution_table(generated: str | Path) -> Path:
 
 
 def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict: bool = True,
-               root: str | Path | None = None) -> Path:
+               root: str | Path | None = None, force: bool = False) -> Path:
     """Execute the chapters (all are checked before the first one starts), then build the HTML book.
 
     ``root``: the book's folder (``_config.yml``, ``_toc.yml``, ``book/``); default this checkout.
+    Chapters whose executed notebooks are up to date are not executed again unless ``force``; the
+    scorecard and the execution-statistics page are always written anew.
     """
     root = Path(root).resolve() if root else repo_root(Path(__file__).parent)
     if not (root / "_config.yml").exists():
@@ -260,8 +389,8 @@ def build_book(preset: str = "cpu", chapters=None, execute: bool = True, strict:
     keys = list(chapters or available_chapters())
     generated = root / "book" / "_generated"
     if execute:
-        chapters_ = [resolve_params(key, preset)[0] for key in keys]  # all checked before any compute
-        _execute_with_progress(chapters_, preset, generated)
+        resolved = [resolve_params(key, preset) for key in keys]  # all checked before any compute
+        _execute_with_progress([c for c, _ in resolved], preset, generated, [p for _, p in resolved], force=force)
     missing = [c.slug for c in available_chapters().values() if not (generated / f"{c.slug}.ipynb").exists()]
     if missing:
         raise ParamError(f"executed notebooks missing for {missing}; run them first")
@@ -291,13 +420,25 @@ def main(argv=None) -> int:
     b.add_argument("--chapters", nargs="*", default=None)
     b.add_argument("--no-execute", action="store_true", help="only build from existing executed notebooks")
     b.add_argument("--root", default=None, help="the book's folder (default: this checkout)")
+    b.add_argument("--force", action="store_true",
+                   help="execute every chapter, also those whose executed notebook is up to date")
     sub.add_parser("list", help="list chapters, presets and parameters")
+    pl = sub.add_parser("plan", help="list the runs a preset makes and estimate their cost (CPU and GPU)")
+    pl.add_argument("chapter", nargs="?", default="all", help="a chapter, or all (default)")
+    pl.add_argument("--preset", default=None, help="one preset (default: every preset)")
+    pl.add_argument("--gpu", default="H100", help="the GPU of the FLOP-based estimate (H100, A100)")
+    pl.add_argument("--measure", action="store_true", help="measure the per-unit costs on this machine first")
+    pl.add_argument("--table", action="store_true", help="one Markdown row per chapter (the README's table)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "run":
             execute_chapter(a.chapter, a.preset, a.param, a.output_dir, progress=a.progress)
         elif a.cmd == "book":
-            build_book(a.preset, a.chapters, execute=not a.no_execute, root=a.root)
+            build_book(a.preset, a.chapters, execute=not a.no_execute, root=a.root, force=a.force)
+        elif a.cmd == "plan":
+            from .plan import main as plan_main
+
+            return plan_main(a.chapter, a.preset, gpu=a.gpu, do_measure=a.measure, table=a.table)
         else:
             for c in available_chapters().values():
                 print(f"{c.id}  {c.slug}: {c.title}")
