@@ -14,13 +14,25 @@ from collapse_utils.tooling.config import load_preset
 
 P = load_preset("cpu", "04")
 IDS = ["finetune-improves", "a-rises", "b-rises-less", "b-only-slightly", "data-more-probable", "long-tail",
-       "diversity-falls", "chained-prompts-worse", "penalty-no-prevent", "penalty-worse"]
+       "diversity-falls", "chained-prompts-worse", "penalty-no-prevent", "penalty-worse", "b-size"]
+
+
+def _sizes(a=(0.9, 0.9, 0.9), b=(0.7, 0.4, 0.2), blocks=(256, 512, 1024), generations=3) -> pd.DataFrame:
+    """The size study's tidy metrics: (a) and (b) on seed 0 whose test perplexity rises by the given share
+    by the last generation (linearly), at each number of training blocks."""
+    rows = []
+    for n, ra, rb in zip(blocks, a, b):
+        for arm, r in (("a", ra), ("b", rb)):
+            for g in range(generations + 1):
+                rows.append({"setting": f"size{n}-{arm}", "seed": 0, "generation": g, "metric": "test_ppl",
+                             "value": 100.0 * (1 + r * g / generations), "blocks": n, "arm": arm})
+    return pd.DataFrame(rows)
 
 
 def _result(base=124.0, a=(118, 150, 190, 230, 270, 304), b=(117, 120, 123, 126, 128, 130),
             abl=(118, 200, 205, 205, 205, 205), chained=(118, 170, 230, 290, 340, 400), d2=(0.60, 0.09, 0.08, 0.07, 0.06, 0.05),
             vocab=(1.0, 0.3, 0.2, 0.15, 0.12, 0.1), medians=(134, 36, 38, 41, 44, 47),
-            spreads=(1.8, 1.2, 1.3, 1.4, 1.5, 1.6), seeds=(0, 1)) -> ch.LMResult:
+            spreads=(1.4, 1.2, 1.3, 1.4, 1.5, 1.6), seeds=(0, 1)) -> ch.LMResult:
     """A result whose settings follow the given per-generation curves (seed k shifted by k %): (a) with the
     cpu preset's penalty 2.0, (b), chained prompts, and the ablation's penalty 1.0 (``abl``)."""
     rows, seq, book = [], [], []
@@ -38,7 +50,8 @@ def _result(base=124.0, a=(118, 150, 190, 230, 270, 304), b=(117, 120, 123, 126,
                 seq.append(pd.DataFrame({"setting": setting, "seed": seed, "generation": g,
                                          "perplexity": medians[g] * np.exp(np.log(spreads[g]) / 1.645 * z)}))
                 book.append({"setting": setting, "seed": seed, "generation": g, "n_real": 51 if g else 512})
-    return ch.LMResult(base, pd.DataFrame(rows), pd.concat(seq, ignore_index=True), pd.DataFrame(), pd.DataFrame(book))
+    return ch.LMResult(base, pd.DataFrame(rows), pd.concat(seq, ignore_index=True), pd.DataFrame(), pd.DataFrame(book),
+                       sizes=_sizes())
 
 
 def _verdicts(res, p=P) -> dict:
@@ -76,6 +89,59 @@ def test_doctored_metrics_flip_every_verdict():
     assert v["data-more-probable"] == CONTRADICTED and v["long-tail"] == CONTRADICTED
     v = _verdicts(_result(d2=(0.6, 0.7, 0.7, 0.7, 0.7, 0.7)))
     assert v["diversity-falls"] == CONTRADICTED
+    # the tail grows after generation 1 but stays shorter than the real data's: judged against generation 0 too
+    v = _verdicts(_result(spreads=(1.8, 1.2, 1.3, 1.4, 1.5, 1.6)))
+    assert v["long-tail"] == CONTRADICTED
+    v = _verdicts(_result(spreads=(1.4, 1.7, 1.3, 1.4, 1.5, 1.6)))  # longer than the real data's, not generation 1's
+    assert v["long-tail"] == CONTRADICTED
+
+
+def test_size_claim_both_ways():
+    """b-size: (b)'s share of (a)'s rise falls with the training-set size -> reproduced; grows -> contradicted;
+    unordered, too short, or (a) not rising -> not visible; no study -> not run."""
+    def verdict(**kw):
+        res = _result()
+        res.sizes = _sizes(**kw) if kw.get("blocks", 1) else None
+        return {c.id: c for c in ch.claims(res, P)}["b-size"]
+
+    good = verdict()
+    assert good.verdict == REPRODUCED and good.kind == "comparison" and good.collapse == "error-rises"
+    assert good.extra["ratios"] == "0.78, 0.44, 0.22" and good.extra["blocks"] == "256, 512, 1024"
+    assert "256 blocks (26 kept)" in good.measured and "with repetition penalty 2" in good.measured
+    assert verdict(b=(0.2, 0.4, 0.7)).verdict == CONTRADICTED
+    assert verdict(b=(0.4, 0.2, 0.3)).verdict == NOT_VISIBLE  # neither ordered way
+    short = verdict(generations=2)
+    assert short.verdict == NOT_VISIBLE and "3 generations" in short.gate
+    assert verdict(a=(0.9, -0.1, 0.9)).verdict == NOT_VISIBLE  # (a) falls at one size: no share to compare
+    assert verdict(blocks=None).verdict == NOT_RUN
+    tab = ch.size_table(_sizes(), 0.1)
+    assert list(tab.kept_blocks) == [26, 51, 102] and tab.ratio.iloc[0] == pytest.approx(0.7 / 0.9)
+
+
+def test_long_tail_reads_the_real_data_and_generation_1():
+    c = {c.id: c for c in ch.claims(_result(), P)}["long-tail"]
+    assert c.extra["tail_gen0"] == pytest.approx(1.4, rel=0.01) and c.extra["tail_last"] == pytest.approx(1.6, rel=0.01)
+    assert "1.40 for the real data, 1.20 at generation 1, 1.60 at generation 5" in c.measured
+    assert "(the real data: 1.40)" in ch.tail_markdown(ch.claims(_result(), P))
+
+
+def test_rises_carry_the_repetition_penalty():
+    """A rise quoted at a preset that uses the paper's ablation penalty says so (issue 23)."""
+    cl = {c.id: c for c in ch.claims(_result(), P)}
+    pen = f"with repetition penalty {P['repetition_penalty']:g}"
+    for cid in ("a-rises", "b-rises-less", "b-only-slightly", "chained-prompts-worse"):
+        assert pen in cl[cid].measured, cid
+    assert cl["a-rises"].extra["penalty"] == P["repetition_penalty"]
+    cl1 = {c.id: c for c in ch.claims(_result(), {**P, "repetition_penalty": 1.0})}
+    assert "with repetition penalty 1" in cl1["a-rises"].measured
+
+
+def test_every_claim_has_a_kind_and_a_collapse_definition():
+    from collapse_utils.chapters.claims import COLLAPSE_DEFINITIONS, KINDS
+
+    for res in (_result(), _result(base=118.5)):
+        for c in ch.claims(res, P):
+            assert c.kind in KINDS and c.collapse in COLLAPSE_DEFINITIONS, (c.id, c.kind, c.collapse)
 
 
 def test_a_run_too_small_to_tell_is_not_visible():

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = ["KINDS", "COLLAPSE_DEFINITIONS", "VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
-           "read_claims", "scorecard_markdown"]
+           "read_claims", "scorecard_markdown", "kind_counts", "KIND_TITLES"]
 
 REPRODUCED, NOT_VISIBLE, CONTRADICTED, NOT_RUN = VERDICTS = (
     "reproduced", "not visible at this preset", "contradicted", "not run at this preset")
@@ -38,8 +38,13 @@ COLLAPSE_DEFINITIONS = {
     "error-rises": "the error against the real data rises over generations",
     "error-unbounded": "the error grows without bound",
     "error-bounded": "the error stays bounded (collapse avoided)",
+    "modes": "the generated samples lose diversity: classes, modes or rare tokens disappear",
     "none": "no collapse definition (a property of the method)",
 }
+#: headings of the scorecard's sections, one per kind
+KIND_TITLES = {"reproduction": "Reproductions of the paper's findings",
+               "theory check": "Checks of exact formulas (theory)",
+               "comparison": "Comparisons between arms of this book"}
 
 
 @dataclass
@@ -129,16 +134,24 @@ def _esc(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def claims_markdown(claims: list[Claim] | pd.DataFrame, link: bool = True) -> str:
-    """A Markdown table of claims (paper vs this run, verdict), evidence as a {numref} link."""
+def claims_markdown(claims: list[Claim] | pd.DataFrame, link: bool = True, labels: bool = False) -> str:
+    """A Markdown table of claims (paper vs this run, verdict), evidence as a {numref} link;
+    ``labels`` adds the definition of collapse each claim tests (the scorecard's view)."""
     df = claims if isinstance(claims, pd.DataFrame) else claims_frame(claims)
-    lines = ["| claim | paper | this run | verdict | evidence |", "| --- | --- | --- | --- | --- |"]
+    head = ["claim", "paper", "this run", "verdict", "evidence"]
+    if labels:
+        head = [*head[:1], "collapse tested", *head[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for _, r in df.iterrows():
         ev = r["evidence"]
         ev = f"{{numref}}`{ev}`" if link and str(ev).startswith("fig-") else f"`{ev}`" if ev else ""
         verdict = verdict_text(r["verdict"], r.get("gate", "") or "")
-        lines.append(f"| {_esc(r['statement'])} | {_esc(r['paper'])} | {_esc(r['measured'])} | "
-                     f"**{_esc(verdict)}** | {ev} |")
+        cells = [_esc(r["statement"]), _esc(r["paper"]), _esc(r["measured"]), f"**{_esc(verdict)}**", ev]
+        if labels:
+            key = r.get("collapse", "") or ""
+            cells = [cells[0], _esc(f"{key}: {COLLAPSE_DEFINITIONS[key]}" if key in COLLAPSE_DEFINITIONS
+                                          else "not labelled"), *cells[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -178,12 +191,29 @@ def read_claims(folder: str | Path) -> pd.DataFrame:
     files = sorted(Path(folder).glob("*.claims.csv"))
     if not files:
         return pd.DataFrame(columns=[*COLUMNS, "preset", "run_name", "page"])
-    return pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+    df = pd.concat([pd.read_csv(f, dtype=str, keep_default_na=False) for f in files], ignore_index=True)
+    for col in COLUMNS:  # a file written before a column existed (e.g. kind, collapse) reads as unlabelled
+        df[col] = df[col].fillna("") if col in df else ""
+    return df
+
+
+def kind_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Claims per kind (rows: KINDS, then "unlabelled" if any) and verdict (columns, then "all")."""
+    kinds = df["kind"].fillna("").replace("", "unlabelled") if len(df) else pd.Series(dtype=str)
+    rows = [*KINDS, *(["unlabelled"] if (kinds == "unlabelled").any() else [])]
+    tab = pd.crosstab(kinds, df["verdict"]) if len(df) else pd.DataFrame()
+    tab = tab.reindex(index=rows, columns=list(VERDICTS), fill_value=0).fillna(0).astype(int)
+    tab["all"] = tab.sum(axis=1)
+    return tab
 
 
 def scorecard_markdown(df: pd.DataFrame) -> str:
-    """The scorecard page: every claim of every chapter, paper vs this build, with verdict counts."""
+    """The scorecard page: every claim of every chapter, paper vs this build, grouped by kind
+    (reproduction of the paper / check of an exact formula / comparison between arms of this book),
+    with the definition of collapse each tests and the verdict counts per kind."""
     counts = df["verdict"].value_counts() if len(df) else pd.Series(dtype=int)
+    by_kind = kind_counts(df)
+    n = {k: int(by_kind.loc[k, "all"]) if k in by_kind.index else 0 for k in KINDS}
     out = [
         "# Scorecard: the paper's claims in this build",
         "",
@@ -191,12 +221,35 @@ def scorecard_markdown(df: pd.DataFrame) -> str:
         "verdict computed from that run: **reproduced**, **not visible at this preset** (the run is too small to "
         "tell; the verdict names the size it needs), **contradicted**, or **not run at this preset**. This page gathers them at build time; nothing on it is typed by hand.",
         "",
+        "Claims are of three kinds, counted apart: a **reproduction** tests a finding the paper (or the later "
+        "literature) reports; a **theory check** tests an exact formula, and can fail only on a bug or a run too "
+        "small to resolve it; a **comparison** sets two arms of this book against each other. "
+        f"This build has {n['reproduction']} reproductions, {n['theory check']} theory checks and "
+        f"{n['comparison']} comparisons.",
+        "",
         "Verdicts in this build: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in VERDICTS) + ".",
         "",
+        "| kind | " + " | ".join(VERDICTS) + " | all |",
+        "|" + " --- |" * (len(VERDICTS) + 2),
+        *[f"| {k} | " + " | ".join(str(int(r[v])) for v in VERDICTS) + f" | {int(r['all'])} |"
+          for k, r in by_kind.iterrows()],
+        "",
+        "Model collapse has several definitions (Schaeffer et al. 2025); each claim names the one it tests: "
+        + "; ".join(f"`{k}`: {v}" for k, v in COLLAPSE_DEFINITIONS.items()) + ".",
+        "",
     ]
-    for (chapter, page, preset), d in df.groupby(["chapter", "page", "preset"], sort=True):
-        out += [f"## Chapter {int(chapter)}", "",
-                f"{{doc}}`{page}`, preset `{preset}` (run `{d['run_name'].iloc[0]}`).", "", claims_markdown(d), ""]
+    if not len(df):
+        return "\n".join(out)
+    kinds = df["kind"].fillna("").replace("", "unlabelled")
+    for kind in [*KINDS, "unlabelled"]:
+        d = df[kinds == kind]
+        if not len(d):
+            continue
+        out += [f"## {KIND_TITLES.get(kind, 'Claims without a kind')}", ""]
+        for (chapter, page, preset), dc in d.groupby(["chapter", "page", "preset"], sort=True):
+            out += [f"### Chapter {int(chapter)}", "",
+                    f"{{doc}}`{page}`, preset `{preset}` (run `{dc['run_name'].iloc[0]}`).", "",
+                    claims_markdown(dc, labels=True), ""]
     return "\n".join(out)
 
 

@@ -1063,7 +1063,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         gate=f"at least {MIN_SEEDS} seeds; this run has {seeds}",
         extra={"generations": G, "seeds": seeds, "mean": rp["mean"], "se": rp.se, "theory": rp.theory,
                "first_error": RG.first_error(p["reg_features"], p["reg_samples"], p["reg_noise"]),
-               "first_mean": first["mean"], "first_se": first.se}))
+               "first_mean": first["mean"], "first_se": first.se}, kind="theory check", collapse="error-unbounded"))
     acc = last["accumulate"]
     t_acc = tab[tab.regime == "accumulate"]
     below = bool(np.all(t_acc["mean"] <= RG.PI2_6 + Z_TOL * t_acc.se))
@@ -1076,7 +1076,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         f"generation {G}: {acc['mean']:.3f} +- {acc.se:.3f} (SE), exact {acc.theory:.3f}, bound {RG.PI2_6:.3f}",
         "fig-05-regression", judge(ok, visible=enough), gate=f"at least {MIN_SEEDS} seeds; this run has {seeds}",
         extra={"mean": acc["mean"], "se": acc.se, "theory": acc.theory, "bound": RG.PI2_6,
-               "max_mean": float(t_acc["mean"].max())}))
+               "max_mean": float(t_acc["mean"].max())}, kind="theory check", collapse="error-bounded"))
     # accumulate-subsample sits between them: per-seed log ratios at the last generation (same seeds)
     x = {}
     for reg in REG_REGIMES:
@@ -1095,7 +1095,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         "fig-05-regression", judge(d_hi > 0 and d_lo > 0, visible=G >= 2 and d_hi != 0 and d_lo != 0),
         gate=f"at least 2 generations and seeds enough for both one-sided t-tests to be significant at "
              f"{_pct(ALPHA)}; this run has {G} generations and {seeds} seeds",
-        extra={"mean": sub["mean"], "se": sub.se}))
+        extra={"mean": sub["mean"], "se": sub.se}, kind="comparison", collapse="error-rises"))
     # the 1-D Gaussian: replace collapses, accumulate keeps the variance
     M, Gg = p["gauss_samples"], int(r.gaussian.generation.max())
     med = {}
@@ -1116,7 +1116,7 @@ def _regression_claims(r: Result) -> list[Claim]:
         gate=f"generations enough for replace's log-normal median variance to fall below a quarter of its "
              f"start; at this run's generation {Gg} it is at {expected_median:.2f}",
         extra={"replace": med["replace"], "accumulate": med["accumulate"],
-               "subsample": med["accumulate_subsample"], "generations": Gg, "expected_median": expected_median}))
+               "subsample": med["accumulate_subsample"], "generations": Gg, "expected_median": expected_median}, kind="reproduction", collapse="variance"))
     return out
 
 
@@ -1161,7 +1161,7 @@ def _mixture_claims(r: Result) -> list[Claim]:
         extra={"smallest": smallest, "smallest_pct": 100 * smallest if finite(smallest) else float("nan"),
                "smallest_fresh": smallest_fresh, "replace_growth": growth_rep, "generations": G,
                "replace_l2_ratio": float(rep.iloc[0].l2_ratio) if len(rep) else float("nan"),
-               "replace_recall_end": float(rep.iloc[0].recall_end) if len(rep) else float("nan")}))
+               "replace_recall_end": float(rep.iloc[0].recall_end) if len(rep) else float("nan")}, kind="reproduction", collapse="error-bounded"))
     # fresh vs fixed, same shares and seeds: fresh real data never farther from the truth, closer somewhere
     m = r.mixture
     dirs, parts = [], []
@@ -1184,7 +1184,7 @@ def _mixture_claims(r: Result) -> list[Claim]:
         gate=_mixture_gate(r, G, [] if dirs else ["both real sources"]
                            + ([] if any(d_ != 0 for d_ in dirs) else
                               [f"a difference significant at {_pct(ALPHA)} at some share"])),
-        extra={"n_shares": len(dirs)}))
+        extra={"n_shares": len(dirs)}, kind="comparison", collapse="error-rises"))
     # sampling bias: quality kept, diversity lost, at every positive share
     parts, verdicts = [], []
     base = tab[(tab.source == "fixed") & (tab.bias == "none")].set_index("real_share")
@@ -1210,7 +1210,7 @@ def _mixture_claims(r: Result) -> list[Claim]:
                              and p["mix_eval_samples"] > 0 and big_enough),
         gate=_mixture_gate(r, G, ([] if verdicts else ["a sampling bias"])
                            + ([] if p["mix_eval_samples"] > 0 else ["mix_eval_samples > 0"])),
-        extra={"n_biases": len(verdicts)}))
+        extra={"n_biases": len(verdicts)}, kind="reproduction", collapse="modes"))
     return out
 
 
@@ -1264,7 +1264,7 @@ def _verifier_claims(r: Result) -> list[Claim]:
              f"p - {DELTA:g} and p + {DELTA:g}; this run has {seeds} seeds, n up to {sizes[-1]} and {len(phis)} "
              "qualities",
         extra={"seeds": seeds, "worst_z": worst, "n_max": sizes[-1], "n_min": sizes[0],
-               "bayes": VF.bayes_error(p["verifier_signal"])})]
+               "bayes": VF.bayes_error(p["verifier_signal"])}, kind="reproduction", collapse="error-rises")]
 
 
 def _selection_claims(r: Result) -> list[Claim]:
@@ -1302,7 +1302,7 @@ def _selection_claims(r: Result) -> list[Claim]:
         extra={"selected_end": sel_end / sel_0, "plain_end": plain_end / med[(1.0, "accumulate")][2],
                "replace_end": med[(keep, "replace")][0] / med[(keep, "replace")][2], "generations": G,
                "kappa": VF.kappa(keep), "keep_pct": 100 * keep, "slope": slope,
-               "mean_field_slope": -(1 - VF.kappa(keep))})]
+               "mean_field_slope": -(1 - VF.kappa(keep))}, kind="reproduction", collapse="modes")]
 
 
 def _tail_claims(r: Result) -> list[Claim]:
@@ -1340,7 +1340,7 @@ def _tail_claims(r: Result) -> list[Claim]:
         "fig-05-tails", judge(ok, visible=seeds >= MIN_SEEDS and Tmax >= 10_000),
         gate=f"at least {MIN_SEEDS} seeds and training sizes up to 10 000; this run has {seeds} seeds and sizes up "
              f"to {Tmax}",
-        extra={"slope": slope, "target": target, "seeds": seeds, "t_max": Tmax}))
+        extra={"slope": slope, "target": target, "seeds": seeds, "t_max": Tmax}, kind="theory check", collapse="none"))
     # plateaus
     parts, agree, at_floor, vis, extra = [], [], [], [], {}
     for k in p["tail_cutoffs"]:
@@ -1363,7 +1363,7 @@ def _tail_claims(r: Result) -> list[Claim]:
         judge(all(agree) and all(at_floor), visible=not all(agree) or (all(vis) and seeds >= MIN_SEEDS)),
         gate=f"training sizes large enough to reach every plateau, the exact error within {_pct(PLATEAU_REL)} of "
              f"it, and at least {MIN_SEEDS} seeds; this run has sizes up to {Tmax} and {seeds} seeds",
-        extra=extra))
+        extra=extra, kind="theory check", collapse="tails"))
     # mixing clean data restores the decay
     k0 = int(p["tail_cutoffs"][0])
     floor = TL.plateau(zp, k0)
@@ -1386,7 +1386,7 @@ def _tail_claims(r: Result) -> list[Claim]:
         judge(all(agree) and all(below), visible=not all(agree) or (all(vis) and seeds >= MIN_SEEDS)),
         gate=f"training sizes large enough for the exact error to fall below half the plateau and at least "
              f"{MIN_SEEDS} seeds; this run has sizes up to {Tmax} and {seeds} seeds",
-        extra=extra))
+        extra=extra, kind="reproduction", collapse="tails"))
     return out
 
 

@@ -633,7 +633,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         extra={"large_0": _median(large0), "large_end": _median(largeG), "small_0": _median(small0),
                "small_end": _median(smallG), "ratio": ratio, "generations": G, "seeds": n_seeds,
                "tg_small_0": _median(_at(tg, "spread_min", 0)), "tg_small_end": _median(_at(tg, "spread_min", G)),
-               "tg_large_0": _median(_at(tg, "spread_max", 0)), "tg_large_end": _median(_at(tg, "spread_max", G))}))
+               "tg_large_0": _median(_at(tg, "spread_max", 0)), "tg_large_end": _median(_at(tg, "spread_max", G))}, kind="reproduction", collapse="variance"))
 
     # 2. the distance to the generation-0 mixture grows
     verdicts, parts, extra = [], [], {}
@@ -651,7 +651,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "grows (log-scale figure, 2000 generations)",
         f"{'; '.join(parts)} from generation 1 to {G}", "fig-02-l2", _combine(verdicts), extra=extra,
         gate=f"a significant change of the distance over the seeds in both settings (one-sided t-test at "
-             f"{ALPHA:g}): more generations or seeds"))
+             f"{ALPHA:g}): more generations or seeds", kind="reproduction", collapse="error-rises"))
 
     # 3. the tails vanish first (early collapse), the bulk later (late collapse)
     verdicts, parts, extra = [], [], {}
@@ -686,7 +686,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "tails lost early, spread lost late",
         "; ".join(parts), "fig-02-tails", _combine(verdicts), extra=extra,
         gate=f"enough generations for the tail mass to fall below {TAIL_GONE:g} of the real one, or the bulk "
-             f"below {BULK_KEPT:g} of its spread"))
+             f"below {BULK_KEPT:g} of its spread", kind="reproduction", collapse="tails"))
 
     # 4 and 5. keeping real data / accumulating all data, on the same seeds
     regimes = params.get("regimes", [])
@@ -710,7 +710,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
          f"{names['keep']} {rextra['keep']:.1e} (medians of {rseeds} seeds)") if have["keep"] else "not run",
         "fig-02-regimes", judge(d > 0, visible=d != 0) if have["keep"] and have["replace"] else NOT_RUN,
         extra=dict(rextra),
-        gate="a significant difference between replace and keep_real over the seeds: more seeds or generations"))
+        gate="a significant difference between replace and keep_real over the seeds: more seeds or generations", kind="comparison", collapse="error-rises"))
 
     if have["acc"] and have["replace"]:
         d = _direction(_log_ratio(last["acc"], last["replace"]))
@@ -727,7 +727,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "bounded error (Gerstgrasser et al. 2024)", measured, "fig-02-regimes", verdict,
         extra={"growth": growth},
         gate=f"a significant difference between accumulate and replace over the seeds, or a growth beyond "
-             f"{CLOSE:g} times: more seeds or generations"))
+             f"{CLOSE:g} times: more seeds or generations", kind="reproduction", collapse="error-bounded"))
 
     # 6. functional expressivity error: one Gaussian is wrong from the first fit
     ex = _select(m, study="expressivity")
@@ -745,7 +745,7 @@ def claims(result: Result | pd.DataFrame, params: dict) -> list[Claim]:
         "fig-02-expressivity", judge(d > 0, visible=d != 0),
         extra={"one_0": _median(one0), "two_0": _median(two0), "one_end": _median(oneG), "two_end": _median(twoG),
                "generations": Ge, "later": _expressivity_later(ex, tg, Ge)},
-        gate="a significant difference over the seeds at the first fit: more seeds"))
+        gate="a significant difference over the seeds at the first fit: more seeds", kind="reproduction", collapse="none"))
     for c in out:
         if c.verdict != NOT_VISIBLE:  # the gate is what a run too small to tell would need
             c.gate = ""

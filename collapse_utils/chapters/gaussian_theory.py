@@ -680,7 +680,7 @@ def _claim_var_mu(result: Result) -> Claim:
         gate="enough seeds (about 35 or more) for the standard error of Var(μ̂) to be at most a quarter of it, "
              "at a generation where the mean over the seeds is reliable",
         extra={"ratio_min": float(ratio.min()) if len(t) else float("nan"),
-               "ratio_max": float(ratio.max()) if len(t) else float("nan"), "tested": len(t)})
+               "ratio_max": float(ratio.max()) if len(t) else float("nan"), "tested": len(t)}, kind="theory check", collapse="error-rises")
 
 
 def _claim_unbiased_mean(result: Result) -> Claim:
@@ -695,7 +695,7 @@ def _claim_unbiased_mean(result: Result) -> Claim:
         gate=f"a generation after 0 where the mean of σ̂² over the seeds has a relative standard error of at most "
              f"{MAX_REL_SE:.0%} (more seeds)",
         extra={"max_z": float(np.abs(z).max()) if len(t) else float("nan"), "tested": len(t),
-               "last_g": int(t.g.max()) if len(t) else 0})
+               "last_g": int(t.g.max()) if len(t) else 0}, kind="theory check", collapse="variance")
 
 
 def _claim_mle_decay(result: Result) -> Claim:
@@ -710,7 +710,7 @@ def _claim_mle_decay(result: Result) -> Claim:
         "fig-01-moments", judge(bool((np.abs(z) < Z_MAX).all()), visible),
         gate=f"a generation, within the seeds' horizon, where the predicted decay exceeds {Z_MAX:g} standard errors "
              "(more generations and seeds)",
-        extra={"max_z": float(np.abs(z).max()) if len(t) else float("nan")})
+        extra={"max_z": float(np.abs(z).max()) if len(t) else float("nan")}, kind="theory check", collapse="variance")
 
 
 def _claim_as_collapse(result: Result) -> Claim:
@@ -731,7 +731,7 @@ def _claim_as_collapse(result: Result) -> Claim:
         "→ 0", f"median σ̂² at g = {G} (M = {m}): {med:.3g} (log-normal approx. {approx:.3g}); "
         f"{below:.0%} of runs below σ²/2", "fig-01-as-collapse", judge(med < 0.5 and below > 0.5, visible),
         gate=f"at least {MIN_SEEDS_FOR_QUANTILES} seeds and {g_half} generations at M = {m}",
-        extra={"median": med, "lognormal_median": approx, "share_below_half": below, "m": m, "g": G})
+        extra={"median": med, "lognormal_median": approx, "share_below_half": below, "m": m, "g": G}, kind="reproduction", collapse="variance")
 
 
 def _w2_growth(sub: pd.DataFrame, kind: str, m0: int) -> dict:
@@ -773,7 +773,7 @@ def _claim_w2(result: Result) -> Claim:
         gate=f"for the constant and linear schedules, at least 10 generations within the seeds' horizon over which "
              f"the predicted growth exceeds {Z_MAX:g} standard errors (more seeds and generations)",
         extra={"constant_w1": r["constant"]["w1"], "constant_g1": r["constant"]["g1"], "linear_w1": r["linear"]["w1"],
-               "linear_g1": r["linear"]["g1"], "quadratic_last": r["quadratic"]["last"], "bound": bound})
+               "linear_g1": r["linear"]["g1"], "quadratic_last": r["quadratic"]["last"], "bound": bound}, kind="reproduction", collapse="error-unbounded")
 
 
 def _claim_tails(result: Result) -> Claim:
@@ -790,7 +790,7 @@ def _claim_tails(result: Result) -> Claim:
         f"Spearman ρ = {rho:.2f} over {k} states ({runs} runs); mean extinction generation: rarest state "
         f"{t.t[rare]:.3g}, most likely {t.t[common]:.3g}", "fig-01-survival",
         judge(rho >= 0.8, k >= 5 and runs >= 30 and finite(rho)), gate="at least 5 states and 30 runs",
-        extra={"rho": rho, "rarest_t": float(t.t[rare]), "common_t": float(t.t[common])})
+        extra={"rho": rho, "rarest_t": float(t.t[rare]), "common_t": float(t.t[common])}, kind="reproduction", collapse="tails")
 
 
 def _claim_absorbed(result: Result) -> Claim:
@@ -804,7 +804,7 @@ def _claim_absorbed(result: Result) -> Claim:
         "every run", f"{share:.1%} of {len(g)} runs absorbed by generation {last}", "fig-01-survival",
         judge(share >= 0.99, p["discrete_max_generations"] >= 20 * p["discrete_m"] and len(g) > 0),
         gate=f"a run of at least 20 M = {20 * int(p['discrete_m'])} generations",
-        extra={"share": share})
+        extra={"share": share}, kind="reproduction", collapse="modes")
 
 
 def _claim_absorption(result: Result) -> Claim:
@@ -817,7 +817,7 @@ def _claim_absorption(result: Result) -> Claim:
         "frequency = q_s", f"χ² goodness of fit p = {test['p_value']:.3f} ({test['runs']} runs, {test['bins']} bins); "
         f"{test['inside_ci']} of {test['states']} q_s inside their 95 % interval", "fig-01-absorption",
         judge(test["p_value"] >= 0.001, visible), gate="at least 100 runs, 99 % of them absorbed",
-        extra={"p_value": test["p_value"], "inside": test["inside_ci"], "states": test["states"]})
+        extra={"p_value": test["p_value"], "inside": test["inside_ci"], "states": test["states"]}, kind="theory check", collapse="modes")
 
 
 def claims(result: Result, params: dict | None = None) -> list[Claim]:
