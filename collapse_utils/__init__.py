@@ -12,7 +12,7 @@ _warnings.filterwarnings("ignore", message="IProgress not found")
 
 from .core.params import Checker, ChapterParams, ParamError, param  # noqa: E402
 from .tooling.config import (  # noqa: E402
-    ChapterRun, auto_run_name, collect_params, load_preset, run_info, start_chapter,
+    ChapterRun, auto_run_name, load_preset, run_info, start_chapter,
 )
 from .tooling.show import show  # noqa: E402
 from .chapters import claims  # noqa: E402,F401  (cu.claims.claims_markdown on the pages)
@@ -23,7 +23,7 @@ from .core.results import load_results, repo_root, results_root, run_dir, save_r
 from .core.seeding import derive_seed, make_rng, seed_everything  # noqa: E402
 
 __all__ = [
-    "Checker", "ChapterRun", "start_chapter", "ParamError", "auto_run_name", "collect_params", "load_preset", "run_info",
+    "Checker", "ChapterRun", "start_chapter", "ParamError", "auto_run_name", "load_preset", "run_info",
     "ChapterParams", "param", "show", "Loop",
     "Experiment", "GenerationContext", "RecursionResult", "run_recursion",
     "band", "band_tidy", "finish", "set_style", "Regime", "parse_regime",

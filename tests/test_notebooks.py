@@ -102,16 +102,18 @@ def test_plain_papermill_on_the_committed_notebook_applies_the_preset(tmp_path, 
 
 
 def test_notebook_preset_resolution_without_papermill():
-    """Edited by hand (Colab): a value that differs from the cpu preset counts as given."""
+    """Edited by hand (Colab): a value that is not None counts as given, even when it equals the cpu value."""
     cpu = config.load_preset("cpu", "01")
-    ns = {**cpu, "preset": "smoke", "run_name": "", "generations": 7}
+    ns = {**{k: None for k in cpu}, "preset": "smoke", "run_name": "", "generations": 7,
+          "sample_sizes": cpu["sample_sizes"]}
     params, sources = config.resolve_notebook_params(ns, "01")
     smoke = config.load_preset("smoke", "01")
     assert params["generations"] == 7 and sources["generations"] == "given"
     assert params["seeds"] == smoke["seeds"] and sources["seeds"] == "preset smoke"
+    assert params["sample_sizes"] == cpu["sample_sizes"] and sources["sample_sizes"] == "given"
     assert ns["seeds"] == smoke["seeds"]  # later cells see the resolved values
     with pytest.raises(config.ParamError, match="valid presets"):
-        config.resolve_notebook_params({**cpu, "preset": "huge", "run_name": ""}, "01")
+        config.resolve_notebook_params({**{k: None for k in cpu}, "preset": "huge", "run_name": ""}, "01")
 
 
 def test_relative_data_paths_reach_the_kernel_as_absolute(monkeypatch, tmp_path):

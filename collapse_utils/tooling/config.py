@@ -23,7 +23,7 @@ from ..core.params import COMMON_PARAMS, PRESETS, WALL_TIME_PARAMS, Checker, Cha
 
 __all__ = [
     "PRESETS", "CHAPTERS", "ParamError", "Chapter", "get_chapter", "load_preset", "preset_names",
-    "collect_params", "run_info", "auto_run_name", "Checker", "start_chapter", "ChapterRun",
+    "run_info", "auto_run_name", "Checker", "start_chapter", "ChapterRun",
 ]
 
 PRESET_DIR = Path(__file__).parents[1] / "chapters" / "presets"
@@ -34,7 +34,7 @@ class Chapter:
     id: str
     slug: str
     title: str
-    module: str  # the chapter's study module: validate_params(params), optional check_inputs(params)
+    module: str  # the chapter's study module: Params (the typed declaration), optional check_inputs(params)
 
     @property
     def notebook_md(self) -> Path:
@@ -43,16 +43,12 @@ class Chapter:
         return repo_root(Path(__file__).parent) / "notebooks" / f"{self.slug}.md"
 
     @property
-    def params_class(self) -> type[ChapterParams] | None:
+    def params_class(self) -> type[ChapterParams]:
         """The chapter's typed parameter declaration (``Params`` in its study module)."""
-        return getattr(importlib.import_module(self.module), "Params", None)
+        return importlib.import_module(self.module).Params
 
     def validate(self, params: dict) -> None:
-        cls = self.params_class
-        if cls is not None:
-            cls.check(params)
-        else:
-            importlib.import_module(self.module).validate_params(params)
+        self.params_class.check(params)
 
     def preflight(self, params: dict) -> None:
         """Everything that can fail before compute, after the values themselves: the data the
@@ -122,78 +118,31 @@ def load_preset(name: str, chapter: str) -> dict:
     if name not in PRESETS:
         raise ParamError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     ch = CHAPTERS[str(chapter).zfill(2)] if str(chapter).zfill(2) in CHAPTERS else get_chapter(chapter)
-    cls = ch.params_class
-    if cls is not None:  # the declaration's defaults (the cpu preset) <- the preset's overrides
-        values, _ = resolve(cls, name, _preset_file(ch.id).get(name) or {}, {})
-        return {k: v for k, v in values.items() if k not in COMMON_PARAMS}
-    values = _preset_file(ch.id).get(name)
-    if values is None:
-        raise ParamError(f"preset file for chapter {ch.id} has no {name!r} section")
-    return json.loads(json.dumps(values))  # deep copy
-
-
-def collect_params(namespace: dict, chapter: str) -> dict:
-    """Pick the chapter's parameters out of a notebook's globals()."""
-    names = list(COMMON_PARAMS) + list(load_preset("cpu", chapter))
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        raise ParamError(f"the parameters cell does not define {missing}")
-    return {n: namespace[n] for n in names}
-
-
-def _injected_names(namespace: dict) -> set[str]:
-    """Names assigned by papermill's injected ``# Parameters`` cell (IPython keeps every executed
-    cell's source in ``In``); empty outside IPython."""
-    import ast
-
-    names: set[str] = set()
-    for source in namespace.get("In", []) or []:
-        if not isinstance(source, str) or not source.lstrip().startswith("# Parameters"):
-            continue
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        for node in tree.body:
-            if isinstance(node, ast.Assign):
-                names.update(t.id for t in node.targets if isinstance(t, ast.Name))
-    return names
+    # the declaration's defaults (the cpu preset) <- the preset's overrides
+    values, _ = resolve(ch.params_class, name, _preset_file(ch.id).get(name) or {}, {})
+    return {k: v for k, v in values.items() if k not in COMMON_PARAMS}
 
 
 def resolve_notebook_params(namespace: dict, chapter: str) -> tuple[dict, dict]:
     """(params, sources): the notebook's parameters with its ``preset`` applied.
 
-    The parameters cell holds the ``cpu`` values.  A parameter counts as *given* when papermill
-    injected it (``-p name value``) or when its value differs from the cpu preset (edited by hand,
-    e.g. in Colab); every other parameter takes the value of the selected preset.  ``sources`` says
-    where each value came from.  The resolved values are written back into ``namespace`` so that
-    later cells see them.
+    In the parameters cell every value is ``None`` ("take the preset's value"); a value that is not
+    ``None`` -- injected by papermill (``-p name value``) or typed into the cell (e.g. in Colab) -- is
+    *given*.  :func:`collapse_utils.core.params.resolve` decides the values (declared defaults <-
+    preset <- given), the one place where that happens.  ``sources`` says where each value came from.
+    The resolved values are written back into ``namespace`` so that later cells see them.
     """
     ch = CHAPTERS[str(chapter).zfill(2)]
     cls = ch.params_class
-    if cls is not None:  # typed: a value is given when it is not None in the parameters cell
-        preset = namespace.get("preset", "cpu")
-        if preset not in PRESETS:
-            raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-        given = {k: namespace.get(k) for k in [*COMMON_PARAMS, *cls.specs()]}
-        params, sources = resolve(cls, preset, _preset_file(ch.id).get(preset) or {}, given)
-        namespace.update({k: params[k] for k in cls.specs()})
-        return params, sources
-    params = collect_params(namespace, ch.id)
-    preset = params.get("preset")
+    preset = namespace.get("preset", "cpu")
     if preset not in PRESETS:
         raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    cpu = load_preset("cpu", ch.id)
-    chosen = load_preset(preset, ch.id)
-    injected = _injected_names(namespace) - set(COMMON_PARAMS)
-    sources = {}
-    for k in cpu:
-        if k in injected or params[k] != cpu[k]:
-            sources[k] = "given"
-        else:
-            params[k] = chosen[k]
-            sources[k] = f"preset {preset}"
-    namespace.update({k: params[k] for k in cpu})
+    missing = [k for k in [*COMMON_PARAMS, *cls.specs()] if k not in namespace]
+    if missing:
+        raise ParamError(f"the parameters cell does not define {missing}")
+    given = {k: namespace.get(k) for k in [*COMMON_PARAMS, *cls.specs()]}
+    params, sources = resolve(cls, preset, _preset_file(ch.id).get(preset) or {}, given)
+    namespace.update({k: params[k] for k in cls.specs()})
     return params, sources
 
 
@@ -310,8 +259,7 @@ def start_chapter(namespace: dict, chapter: str, show: bool = True) -> ChapterRu
     ch = CHAPTERS[str(chapter).zfill(2)]
     params, sources = resolve_notebook_params(namespace, ch.id)
     ch.validate(params)
-    if ch.params_class is not None:
-        params = ch.params_class.from_values(params)  # attribute access: p.seeds
+    params = ch.params_class.from_values(params)  # attribute access: p.seeds
     ch.preflight(params)
     if show:
         try:

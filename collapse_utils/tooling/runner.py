@@ -90,14 +90,12 @@ def resolve_params(chapter_key: str, preset: str, overrides: list[str] | dict | 
     if preset not in PRESETS:
         raise ParamError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     nb = _read_md(chapter)
-    if chapter.params_class is not None:  # typed: the declaration holds the defaults (the cpu preset)
-        defaults = {"preset": "cpu", "run_name": "", **load_preset("cpu", chapter.id)}
-        cell = notebook_defaults(nb)
-        if set(cell) != set(defaults):
-            raise ParamError(f"the parameters cell of {chapter.slug} names {sorted(set(cell) ^ set(defaults))} "
-                             "differently from the chapter's Params declaration")
-    else:
-        defaults = notebook_defaults(nb)
+    # the declaration holds the defaults (the cpu preset); the cell must name exactly its parameters
+    defaults = {"preset": "cpu", "run_name": "", **load_preset("cpu", chapter.id)}
+    cell = notebook_defaults(nb)
+    if set(cell) != set(defaults):
+        raise ParamError(f"the parameters cell of {chapter.slug} names {sorted(set(cell) ^ set(defaults))} "
+                         "differently from the chapter's Params declaration")
     valid = sorted(defaults)
     params = dict(defaults)
     preset_values = load_preset(preset, chapter.id)
