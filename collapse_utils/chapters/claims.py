@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["KINDS", "COLLAPSE_DEFINITIONS", "VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_claims",
+__all__ = ["KINDS", "COLLAPSE_DEFINITIONS", "VERDICTS", "REPRODUCED", "NOT_VISIBLE", "CONTRADICTED", "NOT_RUN", "verdict_text", "Claim", "judge", "finite", "direction", "typed_numbers", "claims_frame", "claims_markdown", "glue", "glue_all", "glue_claims",
            "read_claims", "scorecard_markdown", "kind_counts", "KIND_TITLES"]
 
 REPRODUCED, NOT_VISIBLE, CONTRADICTED, NOT_RUN = VERDICTS = (
@@ -173,6 +173,13 @@ def glue(name: str, value: Any) -> Any:
 
     _glue(name, Markdown(value) if isinstance(value, str) else value, display=False)
     return value
+
+
+def glue_all(numbers: dict) -> dict:
+    """Glue every ``name: value`` of a chapter's page numbers for its prose; returns them."""
+    for k, v in numbers.items():
+        glue(k, v)
+    return numbers
 
 
 def glue_claims(prefix: str, claims: list[Claim]) -> None:

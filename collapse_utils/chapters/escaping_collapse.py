@@ -106,15 +106,8 @@ class Params(ChapterParams):
                                     kind="any")
     tail_points: int = param(25, "training sizes, log-spaced from 10 to tail_max_size", lo=3, hi=1000)
 
-    @classmethod
-    def check(cls, values) -> None:
-        """Every problem in one error: the constraints between parameters run even when a value is
-        out of range (they are written to skip values of the wrong type)."""
-        c = Checker(values, cls.chapter)
-        for name, s in cls.specs().items():
-            c.spec(name, s)
-        cls.cross_checks(c, values)
-        c.done()
+    # the constraints between parameters skip values of the wrong type: one error lists every problem
+    cross_checks_always: ClassVar[bool] = True
 
     @classmethod
     def cross_checks(cls, c: Checker, p) -> None:
@@ -1004,12 +997,9 @@ def _stable_share_sentences(result: Result) -> tuple[str, str]:
 
 def glue_numbers(result: Result) -> dict:
     """Glue :func:`page_numbers` for the prose (outside a notebook it only returns them)."""
-    from .claims import glue
+    from .claims import glue_all
 
-    nums = page_numbers(result)
-    for k, v in nums.items():
-        glue(k, v)
-    return nums
+    return glue_all(page_numbers(result))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from ..models import discrete as D
-from .claims import NOT_VISIBLE, Claim, finite, glue, judge
+from .claims import NOT_VISIBLE, Claim, finite, judge
 from ..core.params import ChapterParams, param
 from ..core.engine import Loop, record_generations, run_recursion
 from ..core.progress import progress_disabled
@@ -632,10 +632,9 @@ def var_mu_sentence(result: Result) -> str:
 
 def glue_numbers(result: Result) -> dict:
     """Glue :func:`page_numbers` for the prose (outside a notebook it only returns them)."""
-    nums = page_numbers(result)
-    for k, v in nums.items():
-        glue(k, v)
-    return nums
+    from .claims import glue_all
+
+    return glue_all(page_numbers(result))
 
 
 # ------------------------------- claims --------------------------------------------------------

@@ -23,7 +23,7 @@ from ..core.engine import Loop, run_recursion
 from ..core.params import ChapterParams, param
 from ..core.seeding import make_rng
 from ..models import recursive_theory as R
-from .claims import NOT_VISIBLE, Claim, finite, glue, judge
+from .claims import NOT_VISIBLE, Claim, finite, judge
 
 __all__ = ["Params", "default_loop", "run", "Result", "weight_grid", "weighting_table", "strong_table",
            "forgetting_table", "forgetting_generations", "exact_survival", "temperature_table", "verifier_table",
@@ -547,10 +547,9 @@ def page_numbers(result: Result) -> dict:
 
 def glue_numbers(result: Result) -> dict:
     """Glue :func:`page_numbers` for the prose (outside a notebook it only returns them)."""
-    nums = page_numbers(result)
-    for k, v in nums.items():
-        glue(k, v)
-    return nums
+    from .claims import glue_all
+
+    return glue_all(page_numbers(result))
 
 
 # ------------------------------- claims --------------------------------------------------------

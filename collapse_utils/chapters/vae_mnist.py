@@ -458,15 +458,8 @@ class Params(ChapterParams):
                                lo=1, hi=256)
     device: str = param("auto", '"auto" (CUDA if present), "cpu" or "cuda"', choices=["auto", "cpu", "cuda"])
 
-    @classmethod
-    def check(cls, values) -> None:
-        """Every problem in one message: the conditions and the grid are checked even when other
-        values are wrong (:meth:`cross_checks` tolerates wrong types)."""
-        c = Checker(values, cls.chapter)
-        for name, s in cls.specs().items():
-            c.spec(name, s)
-        cls.cross_checks(c, values)
-        c.done()
+    # the constraints between parameters skip values of the wrong type: one error lists every problem
+    cross_checks_always: ClassVar[bool] = True
 
     @classmethod
     def cross_checks(cls, c: Checker, params) -> None:

@@ -229,6 +229,9 @@ class ChapterParams(Mapping):
     """
 
     chapter: ClassVar[str] = ""
+    #: run :meth:`cross_checks` even when a value has the wrong type or range (a chapter whose
+    #: cross checks skip values of the wrong type sets this, so that one error lists every problem)
+    cross_checks_always: ClassVar[bool] = False
     preset: str = param("cpu", "smoke | cpu | paper: the preset the other values come from",
                         choices=PRESETS)
     run_name: str = param("", "results folder name; derived from the preset and the changes when empty")
@@ -259,7 +262,7 @@ class ChapterParams(Mapping):
         c = Checker(values, cls.chapter)
         for name, s in cls.specs().items():
             c.spec(name, s)
-        if not c.problems:
+        if cls.cross_checks_always or not c.problems:
             cls.cross_checks(c, values)
         c.done()
 
