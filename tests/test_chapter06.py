@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -50,15 +49,21 @@ def test_crawl_plan_parts_are_disjoint_sized_and_fixed_by_the_seed():
 # ---------------------------------------------------------------------------------------------
 # the filters: what each keeps, and the bookkeeping
 # ---------------------------------------------------------------------------------------------
-LABELS = np.array([0] * 6 + [1] * 4)  # 6 human blocks, then 4 model-written ones
+LABELS = np.array([0] * 6 + [1] * 3 + [2])  # 6 human blocks, then 3 watermarked and 1 second-vendor block
 
 
 def test_no_filter_and_oracle_bookkeeping():
     idx, b = pv.apply_filter("none", LABELS)
     assert list(idx) == list(range(10)) and b["n_kept"] == 10 and b["n_kept_synthetic"] == 4 and b["n_dropped"] == 0
+    assert b["n_crawl_watermarked"] == 3 and b["n_kept_watermarked"] == 3
+    assert b["jaccard_oracle"] == pytest.approx(0.6) and b["human_kept_share"] == 1.0
+    assert list(pv.apply_filter("plain", LABELS)[0]) == list(range(10))
     idx, b = pv.apply_filter("oracle", LABELS)
     assert list(idx) == list(range(6)) and b["n_dropped"] == 4 and b["n_dropped_human"] == 0
     assert b["kept_synthetic_share"] == 0 and b["n_crawl"] == 10 and b["n_crawl_synthetic"] == 4
+    assert b["jaccard_oracle"] == 1.0
+    assert pv.jaccard([1, 2, 2, 3], [2, 3, 4]) == pytest.approx(2 / 4) and pv.jaccard([], []) == 1.0
+    assert pv.vendor_split(5, 0.5) == (3, 2) and pv.vendor_split(4, 0.0) == (4, 0)
 
 
 def test_watermark_filter_drops_exactly_the_blocks_above_the_threshold():
@@ -66,29 +71,42 @@ def test_watermark_filter_drops_exactly_the_blocks_above_the_threshold():
     idx, b = pv.apply_filter("watermark", LABELS, z=z, z_threshold=4.0)
     assert list(idx) == [0, 2, 3, 4, 5, 8]  # z = 4.0 exactly is kept (only z > threshold is dropped)
     assert b["n_dropped"] == 4 and b["n_dropped_human"] == 1 and b["n_kept_synthetic"] == 1 and b["n_kept"] == 6
+    assert b["jaccard_oracle"] == pytest.approx(5 / 7)
 
 
-def test_surplexity_keeps_the_most_surprising_as_many_as_the_oracle():
+def test_surplexity_keeps_blocks_as_surprising_as_held_out_human_text_without_labels():
     loss = np.array([5.0, 4.0, 6.0, 3.0, 5.5, 4.5, 2.0, 7.0, 1.0, 1.5])
-    idx, b = pv.apply_filter("surplexity", LABELS, surprise=loss)
-    assert list(idx) == [0, 1, 2, 4, 5, 7] and b["n_kept"] == 6  # the six highest losses, in order
+    human = np.array([3.5, 4.0, 4.5, 5.0, 5.5])  # held-out human losses: the 0.25 quantile is 4.0
+    idx, b = pv.apply_filter("surplexity", LABELS, surprise=loss, human_surprise=human, surprise_quantile=0.25)
+    assert list(idx) == [0, 1, 2, 4, 5, 7]  # every block with loss >= 4.0; the count follows from no label
     assert b["n_kept_synthetic"] == 1 and b["n_dropped_human"] == 1
+    # another quantile keeps another number of blocks (the budget is not the oracle's)
+    idx5, _ = pv.apply_filter("surplexity", LABELS, surprise=loss, human_surprise=human, surprise_quantile=0.5)
+    assert list(idx5) == [0, 2, 4, 5, 7]  # loss >= 4.5
+    assert pv.surprise_keep(loss, human, 0.5)[1] == pytest.approx(4.5)
     assert list(pv.most_surprising(np.array([1.0, 1.0, 1.0]), 2)) == [0, 1]  # ties: the earlier blocks
+    with pytest.raises(ValueError, match="held-out human"):
+        pv.apply_filter("surplexity", LABELS, surprise=loss)
 
 
 def test_detector_resampling_repeats_likely_human_blocks_and_is_seeded():
     p = np.array([0.05] * 6 + [0.99] * 4)
-    draws = [pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, rng=np.random.default_rng(s))
-             for s in range(200)]
+    draws = [pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, upsample=1.0,
+                             rng=np.random.default_rng(s)) for s in range(200)]
     idx, b = draws[0]
     assert b["n_kept"] == 10 and b["max_copies"] <= 3 and b["n_unique"] + (b["n_kept"] - b["n_unique"]) == 10
-    again, _ = pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, rng=np.random.default_rng(0))
+    again, _ = pv.apply_filter("detector", LABELS, p_machine=p, bias=1.0, repeats=3, upsample=1.0,
+                               rng=np.random.default_rng(0))
     assert np.array_equal(idx, again)
     # the expected number of model-written copies drawn: each copy's weight is (1 - p) ** bias
     kept_syn = np.mean([b["n_kept_synthetic"] for _, b in draws])
     assert kept_syn < 1.0  # 4 x 3 copies of weight 0.01 against 6 x 3 of weight 0.95
+    # Drayson et al.'s upsampling: 1.5 x the crawl is drawn; a larger bias leaves machine copies out
+    _, b15 = pv.apply_filter("detector", LABELS, p_machine=np.r_[np.full(6, 0.3), np.full(4, 0.6)], bias=10.0,
+                             repeats=3, upsample=1.5, rng=np.random.default_rng(2))
+    assert b15["n_kept"] == 15 and b15["n_kept_synthetic"] <= 2
     # machine blocks of weight 0 are never drawn; too few drawable copies is an error
-    idx, b = pv.apply_filter("detector", LABELS, p_machine=np.r_[np.zeros(6), np.ones(4)], repeats=2,
+    idx, b = pv.apply_filter("detector", LABELS, p_machine=np.r_[np.zeros(6), np.ones(4)], repeats=2, upsample=1.0,
                              rng=np.random.default_rng(1))
     assert b["n_kept_synthetic"] == 0 and b["n_kept"] == 10 and b["max_copies"] == 2
     with pytest.raises(ValueError, match="cannot draw"):
@@ -175,16 +193,19 @@ def test_bad_parameters_give_one_error_listing_all():
 # ---------------------------------------------------------------------------------------------
 # claims, both ways, on results made by hand
 # ---------------------------------------------------------------------------------------------
-IDS = ["crawl-rises", "watermark-detects", "watermark-null", "watermark-cost", "detector-detects", "detector-drifts",
-       "oracle-helps", "watermark-filter-helps", "detector-filter-helps", "surplexity-helps", "detector-beats-oracle",
-       "surplexity-matches-oracle", "radioactive"]
-CURVES = {"none": (118, 125, 133, 140, 150), "watermark": (118, 119, 120, 121, 121),
-          "detector": (118, 117, 117, 116, 116), "surplexity": (118, 119, 119, 120, 120),
-          "oracle": (118, 119, 120, 120, 121)}
+IDS = ["crawl-rises", "plain-crawl-rises", "watermark-detects", "watermark-needs-tokens", "watermark-soft",
+       "watermark-blind-to-second-vendor", "watermark-null", "watermark-fpr", "watermark-cost", "detector-detects",
+       "detector-drifts", "oracle-helps", "watermark-filter-helps", "detector-filter-helps", "surplexity-helps",
+       "detector-beats-oracle", "surplexity-matches-oracle", "radioactive", "overlay-exact", "overlay-limit"]
+CURVES = {"none": (118, 125, 133, 140, 150), "plain": (118, 124, 131, 138, 146),
+          "watermark": (118, 119, 120, 121, 121), "detector": (118, 117, 117, 116, 116),
+          "surplexity": (118, 119, 119, 120, 120), "oracle": (118, 119, 120, 120, 121)}
 
 
-def _result(base=124.0, curves=None, auc_full=1.0, auc_min=0.9, cls=(0.99, 0.95, 0.93, 0.92), radio_none=8.0,
-            radio_oracle=0.3, cost=(40.0, 30.0), human_z=None, seeds=(0, 1)) -> ch.ProvenanceResult:
+def _result(base=124.0, curves=None, auc_wm=(0.85, 1.0), auc_sv=0.52, cls=(0.95, 0.93, 0.92, 0.9), cls_full=0.95,
+            radio_none=8.0, radio_plain=0.5, radio_oracle=0.3, green_share=0.5, null_mean=0.0, null_keys=200,
+            flagged=2, trials=51200, fpr_expected=1e-4, cost_dev=0.5, cost=True, overlay_dev=1.5,
+            overlay_draws=(0.2, 0.11, 0.08, 0.06), seeds=(0, 1)) -> ch.ProvenanceResult:
     curves = {**CURVES, **(curves or {})}
     rows = []
 
@@ -192,24 +213,44 @@ def _result(base=124.0, curves=None, auc_full=1.0, auc_min=0.9, cls=(0.99, 0.95,
         rows.extend({"experiment": "opt_crawl", "regime": "crawl(0.5)", "seed": seed, "generation": g, "metric": k,
                      "value": float(v), "arm": arm} for k, v in vals.items())
 
+    radio = {"none": radio_none, "plain": radio_plain}
     for arm, curve in curves.items():
         for seed in seeds:
             for g, ppl in enumerate(curve):
                 vals = {"test_ppl": ppl * (1 + 0.01 * seed), "n_crawl": 256, "n_crawl_synthetic": 32 * g,
-                        "radio_mass_z": radio_none * g / 4 if arm == "none" else radio_oracle,
-                        "probe_green_share": 0.25, "probe_unique_pairs": 1500.0, "probe_green_z": 0.0}
+                        "n_crawl_watermarked": 16 * g,
+                        "radio_mass_z": radio.get(arm, radio_oracle) * (g / 4 if arm == "none" else 1),
+                        "probe_green_share": 0.25, "probe_unique_pairs": 1500.0, "probe_green_z": 0.0,
+                        "kept_synthetic_share": 0.1, "jaccard_oracle": 0.8}
                 if g:
                     for t in (8, 16, 32, 64):
-                        vals[f"auc_watermark_T{t}"] = auc_min if t == 8 else auc_full
-                        vals[f"auc_perplexity_T{t}"] = 0.97
-                        vals[f"auc_classifier_T{t}"] = cls[g - 1]
+                        for kind in ("wm", "sv"):
+                            vals[f"auc_watermark_{kind}_T{t}"] = (auc_wm[0] if t == 8 else auc_wm[1]) if kind == "wm" \
+                                else auc_sv
+                        vals[f"auc_watermark_T{t}"] = 0.75
+                        vals[f"auc_perplexity_T{t}"] = 0.6
+                        vals[f"auc_classifier_T{t}"] = cls[g - 1] if t == 8 else cls_full
                 add(arm, seed, g, **vals)
     for seed in seeds:
-        add("calibration", seed, 0, cont_ppl_generator_watermarked=cost[0], cont_ppl_generator_plain=cost[1],
-            cont_ppl_reference_watermarked=cost[0], cont_ppl_reference_plain=cost[1])
-    z = np.array([NormalDist().inv_cdf((i + 0.5) / 256) for i in range(256)]) if human_z is None else human_z
-    cal = pd.DataFrame({"seed": 0, "source": "human", "tokens": 64, "z": z, "perplexity_score": 0.0})
-    return ch.ProvenanceResult(base, pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), cal)
+        cal = dict(cont_ppl_generator_watermarked=31.0, cont_ppl_generator_plain=30.0, green_share_watermarked=green_share,
+                   green_share_human=0.25, z_mean_human=0.1, z_mean_human_all_pairs=0.3, null_grand_mean_T64=null_mean,
+                   null_sd_over_keys_T64=0.17, null_keys_T64=null_keys, null_naive_se_T64=0.06,
+                   null_flagged_T64=flagged / len(seeds), null_trials_T64=trials / len(seeds),
+                   null_fpr_expected_T64=fpr_expected, null_fpr_upper95_T64=3e-4)
+        if cost:
+            cal.update(cost_nll_watermarked=5.5 + cost_dev * 0.01, cost_expected_watermarked=5.5, cost_se_watermarked=0.01,
+                       cost_nll_plain=5.4, cost_expected_plain=5.4, cost_se_plain=0.01)
+        add("calibration", seed, 0, **cal)
+    for lam in ("0", "0.5"):
+        for t in range(1, 6):
+            rows.extend({"experiment": "curation_overlay", "regime": f"real({lam})", "seed": 0, "generation": t,
+                         "metric": m, "value": v, "arm": f"overlay:{lam}"}
+                        for m, v in (("max_dev_se", overlay_dev), ("tv_exact", 0.005), ("noise_tv", 0.006),
+                                     ("tv_limit_iterate", 0.2)))
+    rows.extend({"experiment": "curation_overlay", "regime": "one round", "seed": 0, "generation": k + 1,
+                 "metric": "tv_finite_k_vs_limit", "value": v, "arm": "overlay:draws"}
+                for k, v in enumerate(overlay_draws))
+    return ch.ProvenanceResult(base, pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
 
 
 def _verdicts(res, p=P) -> dict:
@@ -224,24 +265,35 @@ def test_claims_reproduced_by_results_that_show_them():
     extra = {c.id: c.extra for c in ch.claims(_result(), P)}
     assert extra["crawl-rises"]["rise_pct"] == pytest.approx(100 * (150 / 118 - 1))
     assert extra["oracle-helps"]["none_last_ppl"] == pytest.approx(150 * 1.005)
-    assert extra["watermark-null"]["blocks"] == 256
+    assert extra["watermark-null"]["keys"] == 200
+    assert extra["watermark-fpr"]["trials"] == 51200
+    assert extra["watermark-cost"]["ratio"] == pytest.approx(31 / 30)  # its size is reported
+    assert extra["overlay-limit"]["kmax"] == 4
 
 
 def test_doctored_results_flip_the_verdicts():
     v = _verdicts(_result(curves={"none": (118, 117, 116, 115, 114)}))
     assert v["crawl-rises"] == CONTRADICTED
     assert v["oracle-helps"] == NOT_VISIBLE and v["detector-beats-oracle"] == NOT_VISIBLE  # nothing to prevent
+    assert _verdicts(_result(curves={"plain": (118, 117, 116, 115, 114)}))["plain-crawl-rises"] == CONTRADICTED
     v = _verdicts(_result(curves={"watermark": (118, 130, 140, 150, 160), "detector": (118, 122, 124, 126, 128),
                                   "surplexity": (118, 125, 135, 140, 130)}))
     assert v["watermark-filter-helps"] == CONTRADICTED and v["detector-beats-oracle"] == CONTRADICTED
     assert v["surplexity-matches-oracle"] == CONTRADICTED and v["detector-filter-helps"] == REPRODUCED
-    v = _verdicts(_result(auc_full=0.8, auc_min=0.9, cls=(0.7, 0.8, 0.9, 0.95), cost=(30.0, 40.0)))
+    v = _verdicts(_result(auc_wm=(0.9, 0.8), cls=(0.7, 0.8, 0.9, 0.95), cls_full=0.7))
     assert v["watermark-detects"] == CONTRADICTED and v["detector-detects"] == CONTRADICTED
-    assert v["detector-drifts"] == CONTRADICTED and v["watermark-cost"] == CONTRADICTED
-    v = _verdicts(_result(human_z=np.linspace(-1, 3, 256)))
-    assert v["watermark-null"] == CONTRADICTED
+    assert v["watermark-needs-tokens"] == CONTRADICTED and v["detector-drifts"] == CONTRADICTED
+    assert _verdicts(_result(auc_sv=0.9))["watermark-blind-to-second-vendor"] == CONTRADICTED
+    assert _verdicts(_result(green_share=0.98))["watermark-soft"] == CONTRADICTED  # a hard green list
+    assert _verdicts(_result(green_share=0.2))["watermark-soft"] == CONTRADICTED
+    assert _verdicts(_result(null_mean=0.2))["watermark-null"] == CONTRADICTED
+    assert _verdicts(_result(flagged=40))["watermark-fpr"] == CONTRADICTED
+    assert _verdicts(_result(cost_dev=10.0))["watermark-cost"] == CONTRADICTED
     assert _verdicts(_result(radio_none=2.0))["radioactive"] == CONTRADICTED
-    assert _verdicts(_result(radio_oracle=6.0))["radioactive"] == CONTRADICTED  # the control is not clean
+    assert _verdicts(_result(radio_plain=6.0))["radioactive"] == CONTRADICTED  # the control is not clean
+    assert _verdicts(_result(radio_oracle=6.0))["radioactive"] == CONTRADICTED
+    assert _verdicts(_result(overlay_dev=6.0))["overlay-exact"] == CONTRADICTED
+    assert _verdicts(_result(overlay_draws=(0.2, 0.1, 0.12)))["overlay-limit"] == CONTRADICTED
 
 
 def test_a_run_too_small_to_tell_is_not_visible():
@@ -252,9 +304,46 @@ def test_a_run_too_small_to_tell_is_not_visible():
     short = {k: c[:2] for k, c in CURVES.items()}
     v = _verdicts(_result(curves=short), {**P, "generations": 1})
     assert v["crawl-rises"] == NOT_VISIBLE and v["detector-drifts"] == NOT_VISIBLE
-    # a small calibration set cannot test the null distribution: 3 standard errors of the variance exceed 1
-    assert _verdicts(_result(human_z=np.zeros(10)))["watermark-null"] == NOT_VISIBLE
-    assert _verdicts(_result(human_z=np.zeros(20)))["watermark-null"] == CONTRADICTED  # variance 0, testable
+    # few keys cannot judge the null; too few tests cannot see a tenfold excess of false positives
+    assert _verdicts(_result(null_keys=10))["watermark-null"] == NOT_VISIBLE
+    assert _verdicts(_result(trials=1000, flagged=0))["watermark-fpr"] == NOT_VISIBLE
+    # beam search records no sampling distributions: the cost cannot be predicted
+    assert _verdicts(_result(cost=False))["watermark-cost"] == NOT_VISIBLE
+
+
+def test_ceiling_guards_an_auc_pinned_at_one_cannot_show_drift_or_growth():
+    cl = {c.id: c for c in ch.claims(_result(auc_wm=(1.0, 1.0), cls=(1.0, 1.0, 1.0, 1.0), cls_full=1.0), P)}
+    assert cl["watermark-needs-tokens"].verdict == NOT_VISIBLE and "ceiling" in cl["watermark-needs-tokens"].gate
+    assert cl["detector-drifts"].verdict == NOT_VISIBLE and "pinned at 1" in cl["detector-drifts"].gate
+    # a perfect detector makes the resampling arm the oracle with copies: detector-beats-oracle is not judged
+    assert cl["detector-beats-oracle"].verdict == NOT_VISIBLE and "imperfect detector" in cl["detector-beats-oracle"].gate
+    assert cl["watermark-detects"].verdict == REPRODUCED and cl["detector-detects"].verdict == REPRODUCED
+    # and a detector at chance on the fewest tokens has no power to lose: drift is not judged either
+    low = {c.id: c for c in ch.claims(_result(cls=(0.5, 0.45, 0.4, 0.4)), P)}["detector-drifts"]
+    assert low.verdict == NOT_VISIBLE and "without power has none to lose" in low.gate
+
+
+def test_arms_that_keep_identical_sets_are_counted_once():
+    res = _result()
+    rows = []
+    for arm in ("none", "watermark", "detector", "surplexity", "oracle"):
+        for seed in (0, 1):
+            for g in (1, 2):
+                label = np.array([0, 0, 0, 1, 2])
+                kept = {"none": [1, 1, 1, 1, 1], "oracle": [1, 1, 1, 0, 0], "surplexity": [1, 1, 1, 0, 0],
+                        "watermark": [1, 1, 1, 0, 1], "detector": [2, 1, 1, 0, 0]}[arm]
+                rows.append(pd.DataFrame({"arm": arm, "seed": seed, "generation": g, "block": range(5), "label": label,
+                                          "copies_kept": kept}))
+    res.scores = pd.concat(rows, ignore_index=True)
+    assert ch.identical_arms(res.scores) == {"surplexity": "oracle"}
+    cl = {c.id: c for c in ch.claims(res, P)}
+    for cid in ("surplexity-helps", "surplexity-matches-oracle"):
+        assert cl[cid].verdict == NOT_VISIBLE and "counted once under 'oracle'" in cl[cid].gate
+    assert cl["oracle-helps"].verdict == REPRODUCED and cl["watermark-filter-helps"].verdict == REPRODUCED
+    # one generation of one seed differs: two experiments after all
+    res.scores.loc[(res.scores["arm"] == "surplexity") & (res.scores["block"] == 3) & (res.scores["seed"] == 1)
+                   & (res.scores["generation"] == 2), "copies_kept"] = 1
+    assert ch.identical_arms(res.scores) == {}
 
 
 def test_every_claim_states_its_gate_and_a_tiny_crawl_is_not_visible():
@@ -262,11 +351,12 @@ def test_every_claim_states_its_gate_and_a_tiny_crawl_is_not_visible():
     res = _result()
     m = res.metrics
     res.metrics = m.assign(value=np.where(m["metric"] == "n_crawl_synthetic", np.sign(m["value"]), m["value"]))
+    res.metrics.loc[res.metrics["metric"] == "n_crawl_watermarked", "value"] = 1.0
     res.metrics.loc[res.metrics["metric"] == "n_crawl", "value"] = 8.0
     cl = {c.id: c for c in ch.claims(res, P)}
     for cid in ("watermark-detects", "detector-detects", "detector-drifts"):
         assert cl[cid].verdict == NOT_VISIBLE, cid
-        assert "1 model-written and 7 human blocks" in cl[cid].gate
+        assert "and 7 human blocks" in cl[cid].gate
     for c in ch.claims(_result(base=118.5), P) + list(cl.values()):
         assert c.gate, c.id  # every claim says what it needs, printed beside "not visible at this preset"
     # the chance gate itself: 6 model-written and 18 human blocks can test AUC 0.99; 2 and 3 cannot
@@ -276,10 +366,21 @@ def test_every_claim_states_its_gate_and_a_tiny_crawl_is_not_visible():
 
 def test_an_arm_left_out_is_not_visible():
     res = _result()
-    res.metrics = res.metrics[res.metrics["arm"] != "surplexity"]
+    res.metrics = res.metrics[~res.metrics["arm"].isin(["surplexity", "plain"])]
     v = _verdicts(res, {**P, "arms": ["none", "watermark", "detector", "oracle"]})
     assert v["surplexity-helps"] == NOT_VISIBLE and v["surplexity-matches-oracle"] == NOT_VISIBLE
+    assert v["plain-crawl-rises"] == NOT_VISIBLE and v["radioactive"] == NOT_VISIBLE  # no control
     assert v["oracle-helps"] == REPRODUCED
+
+
+def test_the_overlay_run_matches_the_exact_rounds():
+    metrics, arrays = ch.run_overlay({**P, "overlay_samples": 3000, "overlay_replicates": 6, "overlay_rounds": 3})
+    assert set(metrics["arm"]) == {"overlay:0", "overlay:0.5", "overlay:draws"}
+    dev = metrics[metrics["metric"] == "max_dev_se"].query("generation > 0")["value"]
+    assert (dev <= ch.OVERLAY_SE).all()
+    # with real data the best outcome keeps less mass than without (the real data hold it back)
+    last = metrics[(metrics["metric"] == "best_mass_exact") & (metrics["generation"] == 3)].set_index("arm")["value"]
+    assert last["overlay:0.5"] < last["overlay:0"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +388,8 @@ def test_an_arm_left_out_is_not_visible():
 # ---------------------------------------------------------------------------------------------
 TINY = {**load_preset("smoke", "06"), "preset": "smoke", "run_name": "", "seeds": 2, "generations": 2,
         "crawl_blocks": 10, "calibration_blocks": 6, "probe_prompts": 4, "base_blocks": 48, "hidden_size": 16,
-        "num_beams": 2, "gen_batch_size": 16, "test_blocks": 8, "valid_blocks": 8, "tokens": [8, 64]}
+        "num_beams": 2, "gen_batch_size": 16, "test_blocks": 8, "valid_blocks": 8, "tokens": [8, 64],
+        "null_keys": 5, "overlay_samples": 500, "overlay_replicates": 3, "overlay_rounds": 2}
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +411,7 @@ def test_serial_and_parallel_runs_give_identical_numbers(tiny, tmp_path):
     pd.testing.assert_frame_equal(serial.metrics, parallel.metrics)
     pd.testing.assert_frame_equal(serial.bookkeeping, parallel.bookkeeping)
     m = serial.metrics
-    assert set(m["arm"]) == {*pv.ARMS, "calibration"}
+    assert set(m["arm"]) == {*pv.ARMS, "calibration", "overlay:0", "overlay:0.5", "overlay:draws"}
     # generation 0 is one model shared by every arm
     g0 = m[(m["generation"] == 0) & (m["metric"] == "test_ppl")].groupby("seed")["value"].nunique()
     assert (g0 == 1).all()
@@ -317,10 +419,22 @@ def test_serial_and_parallel_runs_give_identical_numbers(tiny, tmp_path):
     for det in pv.DETECTORS:
         for t in TINY["tokens"]:
             assert f"auc_{det}_T{t}" in set(m["metric"])
-    # the bookkeeping adds up: every arm's crawl has the plan's size and synthetic count
+    for det in pv.DETECTORS:
+        for t in TINY["tokens"]:
+            assert {f"auc_{det}_wm_T{t}", f"auc_{det}_sv_T{t}"} <= set(m["metric"])
+    # the bookkeeping adds up: every arm's crawl has the plan's size and synthetic count; the second vendor
+    # writes its share without the key, and in the world where nobody watermarks no block carries it
     b = serial.bookkeeping
     assert (b["n_crawl"] == 10).all() and set(b["n_crawl_synthetic"]) == {2, 5}
-    assert (b.loc[b["arm"] == "oracle", "n_kept_synthetic"] == 0).all()
+    assert set(b.loc[b["arm"] == "none", "n_crawl_watermarked"]) == {1, 3}
+    assert (b.loc[b["arm"] == "plain", "n_crawl_watermarked"] == 0).all()
+    assert (b.loc[b["arm"] == "oracle", "n_kept_synthetic"] == 0).all() and (b.loc[b["arm"] == "oracle",
+                                                                                  "jaccard_oracle"] == 1).all()
+    # the resampling draws Drayson et al.'s 1.5 x the crawl
+    assert (b.loc[b["arm"] == "detector", "n_kept"] == 15).all()
+    # the null over keys and the overlay ran
+    assert len(serial.null) == 2 * 2 * TINY["null_keys"]
+    assert {"overlay:0", "overlay:0.5", "overlay:draws"} <= set(m["arm"])
     # the data description names what the training split's blocks are here (no fixed real training set)
     text = ch.describe_data(data)
     assert "pool of human blocks" in text and "real training set" not in text
@@ -335,7 +449,8 @@ def test_serial_and_parallel_runs_give_identical_numbers(tiny, tmp_path):
 def test_a_loop_with_a_swapped_experiment_runs_through_the_chapter(tiny, tmp_path):
     """As a reader would in the notebook: the loop with one piece swapped -- an experiment whose watermark
     has no strength (delta = 0) -- passed to the chapter's run.  The run completes, and the swapped piece
-    is what ran: the "watermarked" continuations are the plain ones, so they cost nothing and score alike."""
+    is what ran: the "watermarked" continuations are the plain ones (the same random draws), so they cost
+    nothing and score alike."""
     from dataclasses import replace
 
     from collapse_utils.core.engine import Loop
@@ -349,8 +464,10 @@ def test_a_loop_with_a_swapped_experiment_runs_through_the_chapter(tiny, tmp_pat
                                                  gen_batch_size=p.gen_batch_size),
                 regime="replace", generations=p.generations)
     res = ch.run(p, loop, checkpoint_root=tmp_path / "ckpt", progress=False)
-    assert set(res.metrics["arm"]) == {"none", "watermark", "calibration"}
-    assert set(res.metrics.query("arm != 'calibration'")["generation"]) == set(range(p.generations + 1))
+    assert set(res.metrics["arm"]) - {"overlay:0", "overlay:0.5", "overlay:draws"} == {"none", "watermark",
+                                                                                       "calibration"}
+    crawl = res.metrics[res.metrics["arm"].isin(["none", "watermark"])]
+    assert set(crawl["generation"]) == set(range(p.generations + 1))
     cal = res.wide().query("arm == 'calibration'").iloc[0]
     assert cal["cont_ppl_generator_watermarked"] == cal["cont_ppl_generator_plain"]
     assert cal["z_mean_watermarked"] == cal["z_mean_plain"]
@@ -376,15 +493,16 @@ def test_chapter_06_smoke_run(smoke_chapter, read_executed, results_tmp):
     assert {"experiment", "regime", "seed", "generation", "metric", "value", "arm"} <= set(m.columns)
     for det in ("watermark", "perplexity", "classifier"):
         for t in (8, 16, 32, 64):
-            assert f"auc_{det}_T{t}" in set(m.metric)
+            assert {f"auc_{det}_T{t}", f"auc_{det}_wm_T{t}", f"auc_{det}_sv_T{t}"} <= set(m.metric)
     assert (run / "bookkeeping.csv").exists() and (run / "crawl_scores.csv").exists()
+    assert (run / "null_keys.csv").exists()
     claims = pd.read_csv(run / "claims.csv")
     assert list(claims["id"]) == IDS
     assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 
-def test_green_sum_by_windows_equals_the_masked_sum():
+def test_green_sum_in_chunks_equals_the_masked_sum():
     import torch
 
     from collapse_utils.models.provenance import _green_sum
@@ -395,3 +513,59 @@ def test_green_sum_by_windows_equals_the_masked_sum():
         prev = torch.randint(0, v, (40,), generator=torch.Generator().manual_seed(key))
         mass = torch.rand(40, v, generator=torch.Generator().manual_seed(key + 10))
         assert _green_sum(mass, prev, g) == pytest.approx(float((mass.double() * g.mask(prev)).sum()), rel=1e-9)
+        assert _green_sum(mass, prev, g, rows=7) == pytest.approx(_green_sum(mass, prev, g), rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact overlay (curation of a categorical model)
+# ---------------------------------------------------------------------------------------------
+def _brute_force(p, r, k, judge):
+    """The kept sample's distribution by enumerating every ordered k-tuple of outcomes."""
+    import itertools
+
+    out = np.zeros(len(p))
+    for tup in itertools.product(range(len(p)), repeat=k):
+        prob = np.prod([p[i] for i in tup])
+        if judge == "bt":
+            w = np.exp([r[i] for i in tup])
+            for i, wi in zip(tup, w):
+                out[i] += prob * wi / w.sum()
+        else:
+            best = max(r[i] for i in tup)
+            winners = [i for i in tup if r[i] == best]
+            for i in winners:
+                out[i] += prob / len(winners)
+    return out
+
+
+def test_exact_curation_step_equals_brute_force_enumeration():
+    from collapse_utils.models import curation as cur
+
+    p = np.array([0.5, 0.2, 0.2, 0.1])
+    for r in (np.array([0.0, 0.5, 1.0, 2.0]), np.array([0.0, 1.0, 1.0, 0.3])):  # the second has a tie
+        for k in (1, 2, 3, 4):
+            for judge in ("bt", "max"):
+                np.testing.assert_allclose(cur.curate_exact(p, r, k, judge), _brute_force(p, r, k, judge), atol=1e-12)
+    # many draws: the Bradley-Terry round tends to p e^r / E[e^r] (Ferbach et al.)
+    r = np.array([0.0, 0.5, 1.0, 2.0])
+    tv = [cur.total_variation(cur.curate_exact(p, r, k), cur.curate_limit(p, r)) for k in (2, 8, 32)]
+    assert tv[0] > tv[1] > tv[2] and tv[2] < 0.02
+    # with real data the fixed point keeps mass off the best outcome; without, mass gathers on it
+    ex0 = cur.exact_rounds(p, r, 4, 30)[-1]
+    ex5 = cur.exact_rounds(p, r, 4, 30, real_share=0.5)[-1]
+    assert ex0[-1] > 0.99 and ex5[-1] < 0.5
+    with pytest.raises(ValueError, match="judge"):
+        cur.curate_exact(p, r, 2, "vote")
+
+
+def test_simulated_curation_matches_the_exact_round_and_fails_for_a_wrong_one():
+    from collapse_utils.models import curation as cur
+
+    p0, r = np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.0, 0.4, 0.8, 1.6])
+    sim = cur.simulate(p0, r, 3, 2, 5000, 10, real_share=0.3, seed=1)
+    exact = cur.exact_rounds(p0, r, 3, 2, real_share=0.3)
+    mean, se = sim.mean(0), sim.std(0, ddof=1) / np.sqrt(10)
+    assert (np.abs(mean[1:] - exact[1:]) <= 4 * se[1:]).all()
+    # the many-draw limit is not the finite-K round: the same test rejects it
+    limit = cur.exact_rounds(p0, r, 3, 2, real_share=0.3, limit=True)
+    assert (np.abs(mean[1:] - limit[1:]) > 4 * se[1:]).any()
