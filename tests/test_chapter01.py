@@ -230,15 +230,20 @@ def test_the_sentence_on_unreliable_means_is_computed(smoke):
     t = ch.summary(smoke)
     bad = t[~t["mean reliable"]]
     assert len(bad)  # at smoke the seeds cannot estimate M = 100's mean at the last generation
-    pairs = [*zip(bad["Var(mu) sim"], bad["Var(mu) theory"]), *zip(bad["mean sigma2 sim"], bad["E[sigma2] theory"])]
+    pairs = [*zip(bad["Var(mu) sim"], bad["Var(mu) theory"]), *zip(bad["mean sigma2 sim"], bad["E[sigma2] theory"]),
+             *zip(bad["mean W2^2 sim"], bad["E[W2^2] theory"])]
     below = sum(a < b for a, b in pairs)
-    assert f"of these {len(pairs)} values in this run, below it: {below}; above it: {len(pairs) - below})" \
-        in ch.unreliable_sentence(smoke)
-    # a run whose unreliable means all lie far above the theory says so
+    sentence = ch.unreliable_sentence(smoke)
+    assert f"of the {len(pairs)} values in the columns" in sentence
+    assert f"{below} lie below it and {len(pairs) - below} above it in this run" in sentence
+    assert "usually" not in sentence  # no typed tendency the run may contradict
+    # a run whose unreliable means all lie far above the theory says so, and names the largest excess
     high = _doctor(smoke, "gaussian", "main", "sigma2", lambda x: 100 * x, M=100)
     high = _doctor(high, "gaussian", "main", "mu", lambda x: 100 * x, M=100)
-    n = 2 * int((~ch.summary(high)["mean reliable"]).sum())
-    assert f"of these {n} values in this run, below it: 0; above it: {n})" in ch.unreliable_sentence(high)
+    n = 3 * int((~ch.summary(high)["mean reliable"]).sum())
+    sentence = ch.unreliable_sentence(high)
+    assert f"0 lie below it and {n} above it in this run" in sentence
+    assert "(here " in sentence and " at M = 100, " in sentence
 
 
 def test_the_sentence_on_var_mu_reports_deviations_beyond_the_drawn_band(smoke):

@@ -198,3 +198,19 @@ def test_the_long_run_comparison_of_one_and_two_components_is_computed():
     assert "reverses the order" in text and "at generation 100" in text and "12.5 times" in text
     ex, tg = _expressivity_frames(lambda g: 0.08, lambda g: 1e-3)
     assert "still the closer of the two" in ch._expressivity_later(ex, tg, 1000)
+
+
+def test_the_tail_sentences_never_repeat_the_last_generation():
+    """A run whose tails never empty says so once, in the measured text (the page's extra sentence about
+    the last generation stays empty); a run whose tails empty adds that sentence with the end values."""
+    short = next(c for c in ch.claims(_frame(G=40, Gr=10, spread=lambda g: np.exp(-g / 300),
+                                                bulk=lambda g: np.exp(-g / 1500), tail=lambda g: 1 + g / 40),
+                                         _params(40)) if c.id == "tails-first")
+    assert "never below" in short.measured and short.extra["end_sentence"] == ""
+    long = next(c for c in ch.claims(_frame(), _params()) if c.id == "tails-first")  # tails empty by g ~ 230
+    assert "never below" not in long.measured
+    assert long.extra["end_sentence"].startswith("At the last generation, 2000, the tail mass is")
+    assert "on the blob" in long.extra["end_sentence"] and "on the two Gaussians" in long.extra["end_sentence"]
+    gate = next(c.gate for c in ch.claims(_frame(G=40, Gr=10, spread=lambda g: np.exp(-g / 300)), _params(40))
+                if c.id == "spread-collapse")
+    assert "(" not in gate  # printed inside "(needs ...)": no nested parentheses

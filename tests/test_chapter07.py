@@ -393,3 +393,15 @@ def test_chapter_07_smoke_page(smoke_chapter, read_executed, results_tmp):
     assert "contradicted" not in text and "Reproduce this page" in text
     claims = pd.read_csv(results_tmp / "07_theory_since_2024" / "smoke" / "claims.csv")
     assert len(claims) == 11 and set(claims.verdict) == {REPRODUCED}
+
+
+def test_the_forgetting_bound_says_which_counts_it_tested(smoke):
+    """The bound's measured text names the counts λ tested, the closest point in standard errors, and any
+    followed count left out for too few corpus symbols."""
+    t = ch._forget_tested(smoke)
+    c = next(c for c in ch.claims(smoke) if c.id == "forgetting-bound")
+    lams = ", ".join(str(int(x)) for x in sorted(t.lam.unique()))
+    assert f"with λ = {lams};" in c.measured and "closest in standard errors" in c.measured
+    for lam in smoke.params["forget_counts"]:
+        if lam not in set(t.lam):
+            assert f"λ = {lam} not tested" in c.measured

@@ -38,6 +38,7 @@ __all__ = [
     "Params", "default_loop", "run", "Result", "with_estimator", "run_gaussian_studies", "run_discrete", "horizon", "band_spec",
     "plot_official_view", "plot_moments", "plot_w2", "plot_as_collapse", "plot_schedules", "plot_accumulate",
     "plot_draws_vs_exact", "plot_survival", "plot_absorption", "draws_vs_exact", "absorption_test", "summary",
+    "summary_table",
     "page_numbers", "glue_numbers", "claims",
 ]
 
@@ -534,6 +535,16 @@ def summary(result: Result) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["M", "estimator"])
 
 
+def summary_table(result: Result):
+    """:func:`summary` for the page: four significant digits, so that values far below 1 (a collapsed
+    variance) do not all read 0.0000."""
+    from .plotting import table
+
+    df = summary(result).reset_index()
+    floats = [c for c in df.columns if df[c].dtype.kind == "f"]
+    return table(df).format("{:#.4g}", subset=floats)
+
+
 # ------------------------------- numbers for the prose -----------------------------------------
 def _fmt_int(x) -> str:
     x = int(x)
@@ -583,19 +594,27 @@ def page_numbers(result: Result) -> dict:
 
 def unreliable_sentence(result: Result) -> str:
     """What the results table's rows past the horizon show in this run (Markdown): how many of their
-    simulated means and variances fall short of the exact values and how many exceed them."""
+    simulated means and variances (Var(mu), mean sigma2, mean W2^2) land below the exact values and how
+    many above, and the largest excess."""
     t = summary(result)
     bad = t[~t["mean reliable"]]
     if bad.empty:
         return "In this run the seeds can estimate every mean at the last generation."
-    pairs = [(r["Var(mu) sim"], r["Var(mu) theory"]) for _, r in bad.iterrows()]
-    pairs += [(r["mean sigma2 sim"], r["E[sigma2] theory"]) for _, r in bad.iterrows()]
-    below = sum(sim < th for sim, th in pairs)
+    cols = (("Var(mu) sim", "Var(mu) theory", "Var(mu)"), ("mean sigma2 sim", "E[sigma2] theory", "mean sigma2"),
+            ("mean W2^2 sim", "E[W2^2] theory", "mean W2^2"))
+    vals = [(r[s], r[th], name, m, est) for (m, est), r in bad.iterrows() for s, th, name in cols]
+    below = sum(sim < th for sim, th, *_ in vals)
+    above = len(vals) - below
     rows = "row" if len(bad) == 1 else "rows"
-    return (f"Where they cannot ({len(bad)} {rows} here), the simulated means and variances are carried by a few "
-            f"runs and can land on either side of the theory (of these {len(pairs)} values in this run, below it: "
-            f"{below}; above it: {len(pairs) - below}). Such a mean is usually below its expectation, "
-            "but a single rare run among the seeds can put it far above.")
+    out = (f"Where they cannot ({len(bad)} {rows} here), the simulated means and variances are carried by a few "
+           f"runs and can land on either side of the theory: of the {len(vals)} values in the columns Var(mu), "
+           f"mean sigma2 and mean W2^2 of these rows, {below} lie below it and {above} above it in this run. Such a "
+           "value falls short of its expectation when the seeds miss the rare runs that carry it, and lands far "
+           "above it when one of those runs is among the seeds")
+    top = max(vals, key=lambda v: v[0] / v[1] if v[1] > 0 else 0.0)
+    if top[1] > 0 and top[0] > 1.5 * top[1]:
+        out += (f" (here {top[2]} at M = {top[3]}, {top[4]}: {top[0]:#.3g} against {top[1]:#.3g})")
+    return out + "."
 
 
 def var_mu_sentence(result: Result) -> str:
@@ -671,7 +690,7 @@ def _claim_var_mu(result: Result) -> Claim:
     z = (t.var_mu - t.var_mu_theory) / t.var_mu_se
     ratio = t.var_mu / t.var_mu_theory
     visible = len(t) > 0 and finite(*z)
-    measured = "; ".join(f"M = {r.M}, g = {r.g}: {r.var_mu:.3g} vs {r.var_mu_theory:.3g}" for r in t.itertuples())
+    measured = "; ".join(f"M = {r.M}, g = {r.g}: {r.var_mu:#.3g} vs {r.var_mu_theory:#.3g}" for r in t.itertuples())
     return Claim(
         "mean-variance", "The fitted mean is a random walk: Var(μ̂_g) = σ² Σ_{i≤g} 1/M_i (unbiased estimator)",
         "σ² Σ 1/M_i", measured or "no generation where the seeds can tell", "fig-01-moments",
@@ -764,7 +783,7 @@ def _claim_w2(result: Result) -> Claim:
     visible = visible and finite(*[v for k in r for v in r[k].values()])
     measured = "; ".join(f"{k} g = {r[k]['g0']} → {r[k]['g1']}: {r[k]['w0']:.3g} → {r[k]['w1']:.3g} "
                          f"(exact {r[k]['th0']:.3g} → {r[k]['th1']:.3g})" for k in diverging)
-    measured += f"; quadratic at g = {int(sub.generation.max())}: {r['quadratic']['last']:.3g} (bound {bound:.3g})"
+    measured += f"; quadratic at g = {int(sub.generation.max())}: {r['quadratic']['last']:.4g} (bound {bound:.4g})"
     return Claim(
         "w2-superlinear", "E[W₂²] to the original distribution grows without bound unless M_i grows superlinearly",
         "constant and linear M_i diverge; quadratic stays below 3σ²π²/(12 M_0)", measured, "fig-01-schedules",

@@ -677,11 +677,20 @@ def _claim_forgetting_bound(result: Result) -> Claim:
     parts = ", ".join(f"λ = {lam}: {h if h is not None else '>' + str(result.params['forget_generations'])} "
                       f"(bound ≥ {lam / np.log(2):.1f})" for lam, h in half.items())
     margin = float((t.survival - t.bound).min()) if len(t) else float("nan")
+    z = ((t.survival - t.bound) / t.se.where(t.se > 0)).fillna(np.inf)  # se = 0 only where survival is certain
+    w = t.iloc[int(np.argmin(z.to_numpy()))] if len(t) and np.isfinite(z).any() else None
+    worst = (f"closest in standard errors: λ = {int(w.lam)}, k = {int(w.k)}, {w.survival:.3f} against the bound "
+             f"{w.bound:.3f} ({z.min():+.1f} SE)" if w is not None else "no standard error to compare")
+    lams = ", ".join(str(int(x)) for x in sorted(t.lam.unique()))
+    untested = [int(x) for x in result.params["forget_counts"] if x not in set(t.lam)]
+    skipped = (f"; λ = {', '.join(map(str, untested))} not tested (fewer than {MIN_PAIRS} corpus symbols)"
+               if untested else "")
     return Claim(
         "forgetting-bound", "Refitting a categorical distribution by counts, a symbol seen λ times in the corpus "
         "survives k generations with probability at least 1 − exp(−λ/k): forgetting takes a time linear in λ",
         "P(survive k) ≥ 1 − e^(−λ/k) (Suresh et al. 2024)",
-        f"smallest simulated − bound: {margin:.3f} over {len(t)} (λ, k); exact half-life in generations: {parts}",
+        f"smallest simulated − bound: {margin:.3f} over {len(t)} (λ, k) with λ = {lams}; {worst}{skipped}; "
+        f"exact half-life in generations: {parts}",
         "fig-07-forgetting", judge(ok, visible), kind="theory check", collapse="tails",
         gate=f"at least {MIN_PAIRS} corpus symbols at two of the followed counts (more corpora)",
         extra={"margin": margin})
@@ -731,7 +740,7 @@ def _claim_heat_death(result: Result) -> Claim:
         else:
             ok &= (logV - hg) < 0.5 * (logV - h0)
             visible &= (logV - ex) < 0.25 * (logV - h0)
-        parts.append(f"τ = {tau:g}: H {h0:.3f} → {hg:.3g} (law {ex:.3g})")
+        parts.append(f"τ = {tau:g}: H {h0:.3f} → {hg:#.3g} (law {ex:#.3g})")
     visible &= len(parts) > 0
     return Claim(
         "heat-death", "Retraining on samples at temperature τ: entropy collapses to 0 for τ < 1 and rises to the "
@@ -803,7 +812,7 @@ def _claim_verifier_error(result: Result) -> Claim:
     zv = (v["var"] - v.var_theory) / v.var_se
     ok = bool((np.abs(z) < Z_MAX).all() and (np.abs(zv) < Z_MAX).all())
     visible = p["verifier_seeds"] >= 30 and finite(*z, *zv)
-    measured = "; ".join(f"θ_c = {r.centre:g}, a = {r.width:g}: {r.mse_initial:.3g} → {r.mse:.3g} (limit {r.mse_theory:.3g})"
+    measured = "; ".join(f"θ_c = {r.centre:g}, a = {r.width:g}: {r.mse_initial:#.3g} → {r.mse:#.3g} (limit {r.mse_theory:#.3g})"
                          for r in v.itertuples())
     return Claim(
         "verifier-error", "Its error settles at (θ_c − μ)² + V, V = v/(m P (1 − (v/σ²)²)) the stationary variance "
