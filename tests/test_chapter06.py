@@ -259,6 +259,23 @@ def _verdicts(res, p=P) -> dict:
     return {c.id: c.verdict for c in cl}
 
 
+def test_the_timing_table_counts_only_this_executions_compute():
+    """Timings restored with a checkpoint belong to the execution that wrote it: the page's table of this
+    execution's compute leaves them out and says how many there were."""
+    exp = object.__new__(pv.ProvenanceCollapse)
+    exp.state = {"timing": []}
+    old = {"step": "fine-tune", "generation": 1, "blocks": 10, "wall_s": 50.0, "cpu_s": 40.0}
+    exp.set_state({"timing": [old], "books": {}})
+    assert exp.state["timing"] == [{**old, "restored": True}]
+    timing = pd.DataFrame([*exp.state["timing"],
+                           {"step": "gen 1: score crawl", "generation": 1, "blocks": 8, "wall_s": 2.0, "cpu_s": 1.0}])
+    t = ch.timing_table(timing)
+    assert list(t.index) == ["score crawl"] and t.loc["score crawl", "wall_s"] == 2.0
+    assert ch.timing_note(timing).startswith("1 further step was restored") and "50 s" in ch.timing_note(timing)
+    fresh = timing.drop(columns="restored").iloc[[1]]
+    assert ch.timing_note(fresh).startswith("No step was restored") and len(ch.timing_table(fresh)) == 1
+
+
 def test_claims_reproduced_by_results_that_show_them():
     v = _verdicts(_result())
     assert v == {i: REPRODUCED for i in IDS}
@@ -269,6 +286,13 @@ def test_claims_reproduced_by_results_that_show_them():
     assert extra["watermark-fpr"]["trials"] == 51200
     assert extra["watermark-cost"]["ratio"] == pytest.approx(31 / 30)  # its size is reported
     assert extra["overlay-limit"]["kmax"] == 4
+    # the four filtering claims share one Claim(...) call whose kind is computed: check the labels here
+    labels = {c.id: (c.kind, c.collapse) for c in ch.claims(_result(), P)}
+    assert {i: labels[i] for i in ("oracle-helps", "watermark-filter-helps", "detector-filter-helps",
+                                   "surplexity-helps")} == {
+        "oracle-helps": ("reproduction", "error-bounded"), "watermark-filter-helps": ("comparison", "error-bounded"),
+        "detector-filter-helps": ("reproduction", "error-bounded"), "surplexity-helps": ("reproduction", "error-bounded")}
+    assert all(k and c for k, c in labels.values())
 
 
 def test_doctored_results_flip_the_verdicts():

@@ -64,6 +64,7 @@ __all__ = [
     "roc_points",
     "run",
     "timing_table",
+    "timing_note",
 ]
 
 ARM_LABELS = {
@@ -269,7 +270,8 @@ def describe_data(data: LMData) -> str:
     return data.describe().replace(
         "form the recursion's real training set",
         "form this chapter's pool of human blocks (the calibration set, the human part of every crawl and the "
-        "prompts of every model-written block, each block used once)")
+        "prompts of every model-written block; within a seed each block plays one part once, and every seed draws "
+        "its own assignment)")
 
 
 def base_cache() -> Path:
@@ -380,7 +382,8 @@ class ProvenanceResult:
     overlay: dict = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """The extra tables written beside metrics.csv (timing.csv: the steps computed in this execution;
+        """The extra tables written beside metrics.csv (timing.csv: the steps computed in this execution, and
+        those restored from checkpoints of an earlier one with ``restored`` true;
         null_keys.csv: the human blocks' mean z under every other key)."""
         return {"bookkeeping": self.bookkeeping, "crawl_scores": self.scores, "calibration_scores": self.calibration,
                 "null_keys": self.null, "timing": self.timing}
@@ -627,10 +630,20 @@ def bookkeeping_table(books: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["arm", "generation"]).set_index(["arm", "generation"]).round(3)
 
 
+def _restored(timing: pd.DataFrame) -> pd.Series:
+    """Which timing rows were restored from a checkpoint written by an earlier execution."""
+    if timing is None or "restored" not in timing:
+        return pd.Series(False, index=getattr(timing, "index", None), dtype=bool)
+    return timing["restored"].eq(True)
+
+
 def timing_table(timing: pd.DataFrame) -> pd.DataFrame:
-    """Where the compute went: per kind of step (fine-tunes, beam searches by purpose, scoring), how many
-    were computed (cache hits are not counted), the blocks they handled, and their wall and CPU seconds,
-    summed over seeds and arms.  CPU seconds do not grow when other programs share the machine."""
+    """Where the compute went: per kind of step (fine-tunes, sampling by purpose, scoring), how many were
+    computed in this execution (cache hits and steps restored from checkpoints are not counted), the blocks
+    they handled, and their wall and CPU seconds, summed over seeds and arms.  CPU seconds do not grow when
+    other programs share the machine."""
+    if timing is not None and not timing.empty:
+        timing = timing[~_restored(timing)]
     if timing is None or timing.empty:
         return pd.DataFrame(columns=["steps", "blocks", "wall_s", "cpu_s", "cpu_ms_per_block"])
     kind = timing["step"].str.replace(r"^gen \d+: ", "", regex=True)
@@ -638,6 +651,18 @@ def timing_table(timing: pd.DataFrame) -> pd.DataFrame:
                                                       wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"))
     t["cpu_ms_per_block"] = 1000 * t["cpu_s"] / t["blocks"].clip(lower=1)
     return t.sort_values("cpu_s", ascending=False)
+
+
+def timing_note(timing: pd.DataFrame) -> str:
+    """One sentence on the steps this execution did not compute because it resumed from checkpoints."""
+    r = timing[_restored(timing)] if timing is not None and not timing.empty else pd.DataFrame()
+    if r.empty:
+        return "No step was restored from a checkpoint: the table is all of this execution's compute."
+    n = len(r)
+    one = n == 1
+    return (f"{n} further {'step was' if one else 'steps were'} restored from checkpoints written by an earlier "
+            f"execution and {'is' if one else 'are'} not counted (when computed, {'it' if one else 'they'} took "
+            f"{r['wall_s'].sum():.0f} s of wall time and {r['cpu_s'].sum():.0f} CPU seconds).")
 
 
 def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -759,7 +784,7 @@ def plot_watermark(result: ProvenanceResult, p: dict):
         t_full = int(nk["tokens"].max())
         d = nk[nk["tokens"] == t_full]["mean_z"].to_numpy()
         axes[2].hist(d, bins=30, density=True, alpha=0.6, color=palette(3)[0],
-                     label=f"per-key mean z ({len(d)} keys x seeds)")
+                     label=f"per-key mean z ({nk['key'].nunique()} keys × {nk['seed'].nunique()} seeds)")
         sd = d.std(ddof=1) if len(d) > 1 else 1.0
         xs = np.linspace(d.min() - sd, d.max() + sd, 200)
         axes[2].plot(xs, norm.pdf(xs, 0, sd), color="k", lw=1, label="N(0, spread over keys)")
@@ -1002,7 +1027,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "collapse when models train on their own output; the paper asks for provenance",
         f"{m0:.1f} at generation 0 → {_mean(_last(tn)):.1f} at generation {last} ({_pct(_mean(rise))}; per seed "
         f"{', '.join(_pct(x) for x in rise)})", "fig-06-crawl", judge(crawl_holds, visible=crawl_visible),
-        gate=crawl_gate,
+        gate=crawl_gate, kind="reproduction", collapse="error-rises",
         extra={"base_ppl": base, "model0_ppl": m0, "last_ppl": _mean(_last(tn)), "rise_pct": 100 * _mean(rise),
                "last_generation": last, "final_share_pct": 100 * p["final_share"], "seeds": seeds})]
     tp = _arm(w, "plain", "test_ppl")
@@ -1014,7 +1039,8 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         f"{_mean(tp.iloc[:, 0]) if not tp.empty else float('nan'):.1f} → {_mean(_last(tp)):.1f} "
         f"({_pct(_mean(rise_p))}); watermarked crawl {_pct(_mean(rise))}", "fig-06-filtering",
         judge(len(rise_p) > 0 and bool((rise_p > 0).all()), visible=crawl_visible and len(rise_p) > 0 and finite(*rise_p)),
-        gate=crawl_gate + ("" if len(rise_p) else "; and the arm 'plain' run"),
+        gate=crawl_gate + ("" if len(rise_p) else "; and the arm 'plain' run"), kind="reproduction",
+        collapse="error-rises",
         extra={"last_ppl": _mean(_last(tp)), "rise_pct": 100 * _mean(rise_p),
                "excess_pct": 100 * (_mean(_last(tn)) / _mean(_last(tp)) - 1) if len(rise_p) else float("nan")}))
 
@@ -1036,7 +1062,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "detectable with high power from a few hundred tokens (Kirchenbauer et al.)",
         f"AUC {a_hi:.3f} at {T} tokens", "fig-06-detectors",
         judge(finite(a_hi) and a_hi >= AUC_WATERMARK, visible=finite(z_wm) and z_wm >= CHANCE_Z and finite(a_hi)),
-        gate=auc_gate(AUC_WATERMARK, z_wm, n_wm1, "watermarked"),
+        gate=auc_gate(AUC_WATERMARK, z_wm, n_wm1, "watermarked"), kind="reproduction", collapse="none",
         extra={"auc_full": a_hi, "auc_min": a_lo, "tokens": T, "tokens_min": tmin,
                "tpr": _mean(at("none", "watermark_tpr", 1)), "fpr": _mean(at("none", "watermark_fpr", 1)),
                "synthetic_blocks": n_syn1, "watermarked_blocks": n_wm1, "second_vendor_blocks": n_sv1,
@@ -1050,7 +1076,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
               and z_wm >= CHANCE_Z),
         gate=f"an AUC at {tmin} tokens below the ceiling {AUC_CEILING}, since one pinned at 1 cannot grow (here "
              f"{a_lo:.3f}), and {auc_gate(AUC_WATERMARK, z_wm, n_wm1, 'watermarked')}",
-        extra={"auc_min": a_lo, "auc_full": a_hi}))
+        kind="reproduction", collapse="none", extra={"auc_min": a_lo, "auc_full": a_hi}))
     gs, gs_h = _mean(cal("green_share_watermarked")), _mean(cal("green_share_human"))
     out.append(Claim(
         "watermark-soft", f"A soft watermark: the green share of the watermarked continuations lies above gamma "
@@ -1058,7 +1084,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "little evidence", "sampling with a moderate delta leaves many red tokens (Kirchenbauer et al.)",
         f"green share {gs:.3f} (human blocks {gs_h:.3f})", "cost table, section 2",
         judge(finite(gs) and p["gamma"] < gs <= SOFT_GREEN, visible=finite(gs)),
-        gate="the calibration set's watermarked continuations", extra={"green_share": gs, "green_share_human": gs_h}))
+        gate="the calibration set's watermarked continuations", kind="reproduction", collapse="none", extra={"green_share": gs, "green_share_human": gs_h}))
     a_sv = _mean(at("none", f"auc_watermark_sv_T{T}", 1))
     sd_sv = _auc_null_sd(n_sv1, n_h1)
     out.append(Claim(
@@ -1068,20 +1094,21 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "fig-06-detectors", judge(finite(a_sv, sd_sv) and abs(a_sv - 0.5) <= 3 * sd_sv,
                                   visible=finite(a_sv, sd_sv) and 3 * sd_sv <= 0.25),
         gate=f"enough second-vendor and human blocks that chance stays within ± 0.25 of 0.5 (here ± {3 * sd_sv:.3f})",
-        extra={"auc": a_sv, "band": 3 * sd_sv}))
+        kind="comparison", collapse="none", extra={"auc": a_sv, "band": 3 * sd_sv}))
 
     gm, sdk, keys = cal(f"null_grand_mean_T{T}"), cal(f"null_sd_over_keys_T{T}"), _mean(cal(f"null_keys_T{T}"))
     se_keys = float(np.sqrt(np.mean(sdk ** 2) / (keys * max(len(gm), 1)))) if len(sdk) and finite(keys) else float("nan")
     one_key = _mean(cal("z_mean_human"))
     out.append(Claim(
         "watermark-null", "Human text is scored as the null hypothesis says, over keys: the mean z of the human "
-        "blocks, averaged over many keys, is 0 within three of its standard errors (the per-key means' own spread)",
+        "blocks, averaged over many keys, is 0 within three of its standard errors (the per-key means' own spread "
+        "over the square root of their number)",
         "z ≈ N(0, 1) without the watermark",
         f"{keys:.0f} keys: mean {_mean(gm):+.3f}, spread over keys {_mean(sdk):.3f} (1/sqrt(blocks) = "
         f"{_mean(cal(f'null_naive_se_T{T}')):.3f}); the watermark's own key {one_key:+.2f} "
         f"(every pair scored: {_mean(cal('z_mean_human_all_pairs')):+.2f})", "fig-06-watermark",
         judge(finite(_mean(gm), se_keys) and abs(_mean(gm)) <= 3 * se_keys, visible=finite(keys) and keys >= 20),
-        gate=f"at least 20 keys (here {keys:.0f})",
+        gate=f"at least 20 keys (here {keys:.0f})", kind="theory check", collapse="none",
         extra={"grand_mean": _mean(gm), "sd_keys": _mean(sdk), "se": se_keys, "keys": keys, "one_key": one_key,
                "one_key_all_pairs": _mean(cal("z_mean_human_all_pairs")),
                "naive_se": _mean(cal(f"null_naive_se_T{T}"))}))
@@ -1099,6 +1126,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "null table, section 2", judge(p_excess >= 0.01, visible=finite(trials, expected) and 10 * trials * expected >= 5),
         gate=f"enough key × block tests that a tenfold excess would be seen (10 × expected count at least 5; here "
              f"{10 * trials * expected if finite(trials, expected) else float('nan'):.1f})",
+        kind="theory check", collapse="none",
         extra={"fpr": fpr, "expected": expected, "flagged": flagged, "trials": trials, "p": p_excess,
                "upper": _mean(cal(f"null_fpr_upper95_T{T}"))}))
 
@@ -1110,13 +1138,13 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "watermark-cost", f"The watermark's cost in perplexity is what the sampler predicts: under the model that "
         "wrote them, the mean token loss of the watermarked and of the plain continuations matches its exact "
         f"expectation (from the sampling distributions) within {MATCH_SE:g} standard errors, in every seed; the size "
-        "of the cost is reported", "a cost that grows with delta (Kirchenbauer et al.)",
+        "of the cost is reported", "a perplexity cost that grows with delta (Kirchenbauer et al.); one delta runs here",
         f"perplexity ×{_mean(ratio):.3f} (watermarked / plain, under model 0); predicted "
         f"×{np.exp(_mean(cost['watermarked'][1]) - _mean(cost['plain'][1])) if have else float('nan'):.3f}; "
         f"deviations {', '.join(f'{x:+.1f}' for v in dev.values() for x in v)} SE", "cost table, section 2",
         judge(have and all(bool((v.abs() <= MATCH_SE).all()) for v in dev.values()), visible=have),
         gate="continuations written by sampling (decoding = sample), whose distributions the sampler records",
-        kind="theory check",
+        kind="theory check", collapse="none",
         extra={"ratio": _mean(ratio), "ppl_plain": _mean(cal("cont_ppl_generator_plain")),
                "ppl_watermarked": _mean(cal("cont_ppl_generator_watermarked")),
                "predicted_ratio": float(np.exp(_mean(cost["watermarked"][1]) - _mean(cost["plain"][1]))) if have
@@ -1131,7 +1159,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         f"{AUC_DETECTOR} on whole blocks (all model-written blocks against human ones)", "(beyond the paper)",
         f"classifier AUC {ac:.3f}, reference perplexity alone {ap:.3f} at {T} tokens", "fig-06-detectors",
         judge(finite(ac) and ac >= AUC_DETECTOR, visible=finite(z_det) and z_det >= CHANCE_Z and finite(ac)),
-        gate=auc_gate(AUC_DETECTOR, z_det, n_syn1, "model-written"),
+        gate=auc_gate(AUC_DETECTOR, z_det, n_syn1, "model-written"), kind="reproduction", collapse="none",
         extra={"auc": ac, "auc_perplexity": ap, "auc_min": _mean(at("none", f"auc_classifier_T{tmin}", 1)),
                "auc_perplexity_min": _mean(at("none", f"auc_perplexity_T{tmin}", 1))}))
     a1, al = _mean(at("none", f"auc_classifier_T{tmin}", 1)), _mean(at("none", f"auc_classifier_T{tmin}", last))
@@ -1150,6 +1178,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
              f"pinned at 1 cannot show drift, and above chance by at least {CHANCE_Z:.2f} of its null standard "
              f"deviations, since a detector without power has none to lose (here {a1:.3f}, {power1:.1f} standard "
              f"deviations); and {auc_gate(AUC_DETECTOR, z_det, n_syn1, 'model-written')}",
+        kind="reproduction", collapse="none",
         extra={"auc_first": a1, "auc_last": al, "auc_perplexity_first": p1, "auc_perplexity_last": pl,
                "auc_full_last": _mean(at("none", f"auc_classifier_T{T}", last)), "tokens": tmin}))
 
@@ -1173,11 +1202,13 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         ok = len(x) > 0 and len(x) == len(none_last)
         return ok and bool((x < none_last.reindex(x.index)).all()), cmp_visible and ok and finite(*x) and arm not in same
 
-    for arm, cid, paper in (
-            ("oracle", "oracle-helps", "the paper: access to original human data"),
-            ("watermark", "watermark-filter-helps", "provenance by watermark (the paper's recommendation)"),
-            ("detector", "detector-filter-helps", "prevents collapse (Drayson et al. 2025)"),
-            ("surplexity", "surplexity-helps", "mitigates collapse without knowing provenance (Gambetta et al.)")):
+    for arm, cid, paper, kind in (
+            ("oracle", "oracle-helps", "the paper: access to original human data", "reproduction"),
+            ("watermark", "watermark-filter-helps", "provenance by watermark (the paper's recommendation)",
+             "comparison"),
+            ("detector", "detector-filter-helps", "prevents collapse (Drayson et al. 2025)", "reproduction"),
+            ("surplexity", "surplexity-helps", "mitigates collapse without knowing provenance (Gambetta et al.)",
+             "reproduction")):
         holds, vis = beats_none(arm)
         out.append(Claim(
             cid, f"Filtering the crawl by '{ARM_LABELS[arm]}' leaves a better model than no filter: lower real-test "
@@ -1187,7 +1218,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
                f"{jac[arm]:.2f}, model-written share kept {_mean(at(arm, 'kept_synthetic_share', last)):.2f}"
                if arm != "oracle" else ""), "fig-06-filtering",
             judge(holds, visible=vis), gate=cmp_gate + ("" if len(lasts[arm]) else f"; and the arm '{arm}' run")
-            + same_gate(arm),
+            + same_gate(arm), kind=kind, collapse="error-bounded",
             extra={"last_ppl": _mean(lasts[arm]), "none_last_ppl": _mean(none_last),
                    "oracle_last_ppl": _mean(lasts["oracle"]), "jaccard": jac[arm],
                    "machine_kept": _mean(at(arm, "kept_synthetic_share", last)), "identical_to": same.get(arm, ""),
@@ -1201,11 +1232,12 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "blocks alone (lower mean real-test perplexity at the last generation)",
         "improves on purely human data when enough human data are present (Drayson et al. 2025)",
         f"generation {last}: {det:.1f} against the oracle's {orc:.1f}; classifier AUC in that arm at most "
-        f"{det_auc_max:.3f} (mean over seeds, worst generation)", "fig-06-filtering",
+        f"{det_auc_max:.3f} (mean over seeds, highest over generations)", "fig-06-filtering",
         judge(finite(det, orc) and det < orc, visible=cmp_visible and finite(det, orc, det_auc_max)
               and det_auc_max < AUC_CEILING and "detector" not in same),
         gate=cmp_gate + f"; and an imperfect detector (classifier AUC, mean over seeds, below {AUC_CEILING} on every crawl of that arm; "
              f"here at most {det_auc_max:.3f}: a perfect one makes the arm the oracle with copies)" + same_gate("detector"),
+        kind="reproduction", collapse="error-bounded",
         extra={"last_ppl": det, "oracle_last_ppl": orc, "auc_max": det_auc_max}))
     out.append(Claim(
         "surplexity-matches-oracle", "Keeping the surprising blocks (a threshold from held-out human text, no labels) "
@@ -1215,7 +1247,8 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         f"{jac['surplexity']:.2f})", "fig-06-filtering",
         judge(finite(sur, orc) and sur <= orc * (1 + MATCH), visible=cmp_visible and finite(sur, orc)
               and "surplexity" not in same),
-        gate=cmp_gate + same_gate("surplexity"), extra={"last_ppl": sur, "oracle_last_ppl": orc}))
+        gate=cmp_gate + same_gate("surplexity"), kind="comparison", collapse="error-bounded",
+        extra={"last_ppl": sur, "oracle_last_ppl": orc}))
 
     # -- 5: radioactivity ---------------------------------------------------------------------
     rz_none, rz_plain, rz_orc = (at(a, "radio_mass_z", last) for a in ("none", "plain", "oracle"))
@@ -1233,6 +1266,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         f"gamma {p['gamma']:g})", "fig-06-radioactivity",
         judge(radio_holds, visible=learns and len(rz_none) > 0 and len(rz_plain) > 0 and finite(*rz_none, *rz_plain)),
         gate=learn_gate + ("" if len(rz_plain) else "; and the arm 'plain' run (the control)"),
+        kind="reproduction", collapse="none",
         extra={"z_none": _mean(rz_none), "z_plain": _mean(rz_plain), "z_oracle": _mean(rz_orc),
                "z_watermark_arm": _mean(at("watermark", "radio_mass_z", last)),
                "z_detector_arm": _mean(at("detector", "radio_mass_z", last)),
@@ -1259,7 +1293,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
                                    f"TV to the many-draw limit {tvl[a]:.3f})" for a in tv)
         + f"; largest deviation {dev_se.max() if len(dev_se) else float('nan'):.1f} SE", "fig-06-overlay",
         judge(len(dev_se) > 0 and bool((dev_se <= OVERLAY_SE).all()), visible=len(dev_se) > 0 and finite(*dev_se)),
-        kind="theory check", gate="the overlay run (at least one round)",
+        kind="theory check", collapse="modes", gate="the overlay run (at least one round)",
         extra={"tv_none": tv.get("overlay:0", float("nan")), "floor_none": floor.get("overlay:0", float("nan")),
                "tv_real": next((v for a, v in tv.items() if a != "overlay:0"), float("nan")),
                "floor_real": next((v for a, v in floor.items() if a != "overlay:0"), float("nan")),
@@ -1271,7 +1305,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         "more draws: its total-variation distance to the limit falls with every extra draw",
         "p_{t+1} ∝ p_t e^r as K → ∞ (Ferbach et al. 2024)",
         f"TV {', '.join(f'{x:.3f}' for x in dr)} for K = 1 … {len(dr)}", "overlay table, section 6",
-        judge(len(dr) > 1 and bool(np.all(np.diff(dr) < 0)), visible=len(dr) > 1), kind="theory check",
+        judge(len(dr) > 1 and bool(np.all(np.diff(dr) < 0)), visible=len(dr) > 1), kind="theory check", collapse="modes",
         gate="at least two numbers of draws", extra={"tv_k1": float(dr[0]) if len(dr) else float("nan"),
                                                      "tv_kmax": float(dr[-1]) if len(dr) else float("nan"),
                                                      "kmax": len(dr)}))

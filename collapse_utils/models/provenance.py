@@ -515,6 +515,12 @@ class ProvenanceCollapse(LMCollapse):
                           self.model_dir if model_dir is None else model_dir,
                           progress=self.progress if progress is None else progress, patience=self.patience)
 
+    def set_state(self, state) -> None:
+        """Resume from a checkpoint; the timings stored with it belong to the execution that wrote it and
+        are marked ``restored``, so that a table of this execution's compute leaves them out."""
+        super().set_state(state)
+        self.state["timing"] = [{**t, "restored": True} for t in self.state.get("timing", [])]
+
     # -- helpers -------------------------------------------------------------------------------
     @contextmanager
     def timed(self, step: str, blocks: int, generation: int = -1):
