@@ -23,7 +23,8 @@ import pandas as pd
 
 from .claims import Claim, finite, judge
 from ..core.engine import Loop
-from ..core.params import ChapterParams, Checker, param
+from ..core.params import Checker, param
+from .language_models import LocalOPTParams
 from ..models.lm import LOCAL_MODEL, Base
 from ..models.lm import prepare_base as _lm_prepare_base
 from ..models.lm import prepare_data as _lm_prepare_data
@@ -110,7 +111,7 @@ NULL_MIN_BLOCKS = 20
 # parameters and inputs
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Params(ChapterParams):
+class Params(LocalOPTParams):
     """Chapter 06's parameters; the defaults are the ``cpu`` preset (the presets list what differs)."""
 
     chapter: ClassVar[str] = "06"
@@ -145,13 +146,6 @@ class Params(ChapterParams):
     model_name: str = param(LOCAL_MODEL, "as chapter 04: 'local-opt' or a Hugging Face name/folder", kind="any")
     drop_headings: bool = param(True, "as chapter 04: drop WikiText section-heading lines", choices=(True, False))
     tokenize: str = param("lines", "as chapter 04: lines or hf_clm", choices=TOKENIZE_MODES)
-    vocab_size: int = param(2048, "local tokenizer: byte-level BPE vocabulary size", lo=300, hi=200_000)
-    hidden_size: int = param(128, "local OPT: hidden size", lo=8, hi=8192)
-    num_layers: int = param(2, "local OPT: decoder layers", lo=1, hi=64)
-    num_heads: int = param(4, "local OPT: attention heads", lo=1, hi=128)
-    base_blocks: int = param(8000, "local OPT: held-out training blocks used to pretrain the base", lo=0)
-    base_epochs: int = param(2, "local OPT: pretraining epochs", lo=0, hi=1000)
-    base_lr: float = param(0.003, "local OPT: pretraining learning rate", lo=0.0, hi=1.0, open_lo=True)
     valid_blocks: int = param(64, "validation blocks for checkpoint selection (0: the whole split)", lo=0)
     test_blocks: int = param(256, "test blocks for perplexity (0: the whole split)", lo=0)
     block_size: int = param(64, "tokens per block, and new tokens generated per block", lo=2, hi=1024)
