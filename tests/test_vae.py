@@ -32,6 +32,7 @@ def tiny_params(**kw):
     p.update(preset="smoke", run_name="", seeds=2, generations=2, n_train=256, epochs=1, batch_size=64,
              n_eval=100, n_test_eval=100, device="cpu")
     p.update(kw)
+    p["budget_generations"] = min(p["budget_generations"], p["generations"])  # the budget study needs the main run's
     return p
 
 
@@ -313,7 +314,7 @@ def test_classifier_training_is_deterministic_and_entropy(mnist_ok):
 def test_notebook_smoke_run(mnist_ok, smoke_chapter, read_executed, results_tmp):
     """The chapter at the smoke preset through papermill (shared fixture: executed once per session)."""
     text, images = read_executed(smoke_chapter("03"))
-    assert images == 8
+    assert images == 9  # eight figures of the paper's study and the training-budget study's
     assert "produced with the `smoke` preset" in text
     run = results_tmp / "03_vae_mnist" / "smoke"
     metrics = pd.read_csv(run / "metrics.csv")
@@ -361,7 +362,8 @@ def test_a_swapped_loop_runs_the_chapter(mnist_ok, tmp_path):
     the experiment (a subclass with its own fit), runs the chapter at smoke size, and the run uses them:
     half of generation 1's training set is real, and the subclass fits every generation except the
     cached generation 0 of the second condition."""
-    p = ch.Params.from_values(tiny_params(seeds=1, generations=1, conditions=["replace/fresh", "replace/fixed"]))
+    p = ch.Params.from_values(tiny_params(seeds=1, generations=1, conditions=["replace/fresh", "replace/fixed"],
+                                          budget_factors=[]))  # the training-budget study fits too: left out here
     CountingVAE.fits.clear()
     loop = cu.Loop(experiment=CountingVAE(ch.train_config(p), synthetic="fixed", n_eval=p.n_eval),
                    regime="keep_real(0.5)", generations=1)
