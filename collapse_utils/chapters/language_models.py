@@ -566,6 +566,12 @@ def plot_size_study(sizes: pd.DataFrame | None, p):
     import matplotlib.pyplot as plt
 
     t = size_table(sizes, p["keep_fraction"])
+    if t is None or len(t) == 0:  # the study is off at this preset: say so in the figure's place
+        fig, ax = plt.subplots(figsize=(11, 1.6))
+        ax.text(0.5, 0.5, "the size study is not run at this preset (size_blocks is empty)", ha="center",
+                va="center", fontsize=12)
+        ax.set_axis_off()
+        return fig
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     cols = regime_colors(["replace", f"keep_real({p['keep_fraction']:g})"])
     for arm, c in zip(("a", "b"), cols):
@@ -689,8 +695,10 @@ def epochs_markdown(claims: list[Claim], p) -> str:
             "every fit ran all of them. ")
         if n:
             text += f"In {k} of the {n} fits on generated data the checkpoint kept is the first epoch's" + (
-                ": in most fits, further epochs on generated text only made the model worse on the real "
-                "validation blocks." if k > n / 2 else
+                ": in every fit, the further epochs that ran on generated text only made the model worse on the "
+                "real validation blocks." if k == n else
+                ": in most fits, the further epochs that ran on generated text only made the model worse on the "
+                "real validation blocks." if k > n / 2 else
                 "; in the others a later epoch was better on the real validation blocks." if k else
                 ": every fit improved on the real validation blocks after its first epoch.")
     if b is not None and finite(b.extra.get("epochs_allowed"), b.extra.get("epochs_run")):
