@@ -304,6 +304,10 @@ def test_reference_epochs_reads_the_measured_curve():
     assert math.isnan(ch.reference_epochs(float("nan"))[0])
     assert ch.epochs_text(3.46) == "3.5" and ch.epochs_text(0.0) == "fewer than 1"
     assert ch.epochs_text(math.inf) == "more than 30"
+    # the phrase the page glues reads true at both ends of the curve, not "as good as ... after fewer than 1"
+    assert ch.curve_position(0.0).startswith("worse than the paper-trained VAE after the first")
+    assert ch.curve_position(math.inf).startswith("better than the paper-trained VAE after all 30")
+    assert ch.curve_position(3.46).startswith("as good as the paper-trained VAE after 3.5 of its 30 epochs")
 
 
 @pytest.mark.parametrize("nelbo,verdict", [(100.0, REPRODUCED), (108.0, REPRODUCED), (111.7, CONTRADICTED),
@@ -316,7 +320,8 @@ def test_generation_zero_is_judged_on_the_learning_curve(nelbo, verdict):
     assert claim.verdict == verdict
     # seed 1's values carry a 1 % jitter: the glued N is the median of the two seeds' epochs
     assert claim.extra["epochs"] == pytest.approx(np.median(ch.reference_epochs([nelbo, nelbo * 1.01])))
-    assert claim.extra["epochs_text"] in claim.measured
+    assert claim.extra["position"] in claim.measured
+    assert claim.extra["position"] == ch.curve_position(claim.extra["epochs"])
     assert claim.kind == "reproduction" and claim.collapse == "none"
 
 

@@ -166,6 +166,16 @@ def test_a_run_too_small_to_tell_is_not_visible():
         assert c.verdict == NOT_VISIBLE and "by more than 1 % from the base's, against +0.1 % in this run" in c.gate
     gate = {c.id: c.gate for c in ch.claims(short, P)}["long-tail"]
     assert gate == "at least 3 generations after model 0, against 2 in this run"  # only what the run misses
+    # (a) rose in every seed though fine-tuning moved nothing: (b)'s gate names only the fine-tuning
+    gates = {c.id: c.gate for c in ch.claims(_result(base=118.5), P)}
+    for cid in ("b-rises-less", "b-only-slightly"):
+        assert "a rise of setting (a)" not in gates[cid], gates[cid]
+    # ... and asks for (a)'s rise where (a) did not rise in every seed
+    flat = _result()
+    m = flat.metrics
+    m.loc[(m.setting == "a") & (m.seed == 1) & (m.generation == 5) & (m.metric == "test_ppl"), "value"] = 100.0
+    gates = {c.id: (c.verdict, c.gate) for c in ch.claims(flat, P)}
+    assert gates["b-rises-less"] == (NOT_VISIBLE, "a rise of setting (a) in every seed to compare (b) with")
 
 
 def test_a_seed_that_does_not_rise_contradicts_the_rise():
@@ -295,3 +305,15 @@ def test_page_sentences_follow_the_numbers():
     deg = ch.degenerate_markdown(_result(medians=(134, 36, 38, 41, 44, 10)))
     assert "below 13.4" in deg and "low-perplexity mass" in deg
     assert "low-perplexity mass" not in ch.degenerate_markdown(_result())
+
+
+def test_epochs_sentence_counts_the_first_epoch_fits_truthfully():
+    """"in most fits" only where some fit kept a later epoch; "in every fit" where all kept the first."""
+    cl = ch.claims(_result(), P)
+    a = next(c for c in cl if c.id == "a-rises")
+    a.extra.update(epochs_allowed=5.0, epochs_run=3.3, first_epoch_fits=15, later_fits=15)
+    text = ch.epochs_markdown(cl, {**P, "patience": 2})
+    assert "In 15 of the 15 fits" in text and "in every fit" in text and "in most fits" not in text
+    a.extra.update(first_epoch_fits=12)
+    text = ch.epochs_markdown(cl, {**P, "patience": 2})
+    assert "In 12 of the 15 fits" in text and "in most fits" in text

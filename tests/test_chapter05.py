@@ -292,6 +292,9 @@ def test_the_fixed_real_set_discussion_is_computed_from_the_run(smoke):
     # rated stable exactly where the map says so
     stable = [ch._pct(s) for s, st in zip(fx.real_share, fx.state) if st == "stable"]
     assert (f"stable at {ch._and(stable)}" in text) if stable else ("no share of a fixed real set stable" in text)
+    # the windows are the map's (G/4, G/2] and (3G/4, G], written as the generations they hold
+    assert ch._window(5, 10) == "6–10" and ch._window(7.5, 15) == "8–15" and ch._window(0.5, 1) == "1"
+    assert f"From generations {ch._window(G / 4, G / 2)} to {ch._window(3 * G / 4, G)} the" in text
 
 
 def test_the_page_shows_the_method_from_the_package():

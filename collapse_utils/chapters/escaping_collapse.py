@@ -17,6 +17,7 @@ regression of section 1, which the page assembles in view), the run plan (:func:
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -706,7 +707,10 @@ def plot_bias(result: Result):
     n = tab.setting.nunique()
     looks = [dict(ls="-", marker="o", ms=11, mfc="none", mew=2.0, lw=2.0),   # fixed: large hollow circles
              dict(ls="--", marker="s", ms=5, lw=1.6)]                        # fresh: small filled squares
-    looks += [dict(ls=":", marker="^", ms=7, lw=1.6)] * max(0, n - 2)
+    # biased samplers: dotted, triangles alternating large up / small down, so that two biases with equal
+    # values (precision 1 for both, say) stay visible one inside the other
+    looks += [dict(ls=":", marker="^", ms=10, lw=1.6) if i % 2 == 0 else dict(ls=":", marker="v", ms=5, lw=1.6)
+              for i in range(max(0, n - 2))]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharex=True, layout="constrained")
     for (setting, t), col, look in zip(tab.groupby("setting", sort=False), palette(n), looks):
         axes[0].plot(t.real_share, t.precision_end, color=col, label=setting, **look)
@@ -886,6 +890,12 @@ def smallest_stable_table(result: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _window(lo: float, hi: float) -> str:
+    """The generations g with lo < g <= hi, as the page writes them ("6–10" for (5, 10])."""
+    first, last = math.floor(lo) + 1, math.floor(hi)
+    return f"{first}–{last}" if last > first else f"{last}"
+
+
 def fixed_set_markdown(result: Result) -> str:
     """What this run shows of a fixed real set (section 2), for the page: which shares the map rates
     stable, how much the distance to the truth still changed over the second half (median of the
@@ -921,7 +931,7 @@ def fixed_set_markdown(result: Result) -> str:
     seeds = int(result.mixture.seed.nunique())
     text = (f"Over its {G} generations and {seeds} seeds, this run's map rates "
             + (f"a fixed real set stable at {_and(stable)}" if stable else "no share of a fixed real set stable")
-            + f" (of {len(fx)} positive shares). From generations {G / 4:g}–{G / 2:g} to {3 * G / 4:g}–{G} the "
+            + f" (of {len(fx)} positive shares). From generations {_window(G / 4, G / 2)} to {_window(3 * G / 4, G)} the "
             f"median distance to the truth changed by {', '.join(parts)} (collapsing means ×{p['stable_growth']:g} "
             "or more); per seed, the distance was still growing significantly (one-sided t-test at "
             f"{_pct(ALPHA)} on the log ratios) at " + (_and(growing) if growing else "no share") + ".")
@@ -950,6 +960,7 @@ def page_numbers(result: Result) -> dict:
         "c05_stable_share_md": sentence, "c05_stable_share_short": short,
         "c05_fixed_set_md": fixed_set_markdown(result),
         "c05_stable_growth": float(p["stable_growth"]), "c05_min_recall": float(p["min_recall"]),
+        "c05_mix_min_seeds": _int(MIX_MIN_SEEDS), "c05_mix_min_generations": _int(MIX_MIN_GENERATIONS),
         "c05_ver_seeds": _int(p["verifier_seeds"]), "c05_ver_d": _int(p["verifier_features"]),
         "c05_ver_sizes": ", ".join(_int(n) for n in sorted(p["verifier_sizes"])),
         "c05_ver_gens": ", ".join(f"{x:g}" for x in p["generator_errors"]),
@@ -990,8 +1001,8 @@ def _stable_share_sentences(result: Result) -> tuple[str, str]:
                 f"a share of {smallest(primary)} kept the mixture stable but a larger one did not")
         return f"By the map's criterion, {what} in this run.", what
     return (f"This run is too small to tell which shares keep the mixture stable: the claim needs {claim.gate}. "
-            "So it names no smallest stable share; the letters of the map and the table describe this short "
-            "run, not a test of the claim.",
+            "So the smallest share that the table rates stable answers nothing: the letters of the map and the "
+            "table describe this short run, not a test of the claim.",
             "the run is too small to name a smallest share of real data that keeps the mixture stable")
 
 
@@ -1100,8 +1111,8 @@ def _regression_claims(r: Result) -> list[Claim]:
         "For the 1-D Gaussian, the variance collapses when data are replaced and stops collapsing when they "
         "accumulate (Gerstgrasser et al. 2024)",
         "replace -> 0, accumulate bounded away from 0",
-        f"median fitted variance at generation {Gg} relative to generation 0: replace {med['replace']:.3f}, "
-        f"accumulate {med['accumulate']:.3f}, accumulate-subsample {med['accumulate_subsample']:.3f}",
+        f"median fitted variance at generation {Gg} relative to generation 0: replace {med['replace']:.3g}, "
+        f"accumulate {med['accumulate']:.3g}, accumulate-subsample {med['accumulate_subsample']:.3g}",
         "fig-05-gaussian", judge(holds, visible=expected_median < HALF / 2),
         gate=f"generations enough for replace's log-normal median variance to fall below a quarter of its "
              f"start; at this run's generation {Gg} it is at {expected_median:.2f}",

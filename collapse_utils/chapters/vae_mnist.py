@@ -725,7 +725,7 @@ def plot_budget(study: Study):
     t = budget_table(study)
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.0))
     for (steps, d), col in zip(t.groupby("steps"), palette(max(1, t["steps"].nunique()))):
-        lab = f"{int(steps)} steps" + (" (main run)" if int(steps) == int(study.steps) else "")
+        lab = f"{int(steps)} step{'' if int(steps) == 1 else 's'}" + (" (main run)" if int(steps) == int(study.steps) else "")
         axes[0].plot(d.generation[1:], d.ratio_to_previous[1:], marker="o", color=col, label=lab)
         axes[1].plot(d.generation, d.ratio_to_gen0, marker="o", color=col, label=lab)
     axes[0].axhline(1, color="grey", lw=1, ls="--")
@@ -960,6 +960,22 @@ def epochs_text(n: float) -> str:
     return f"{n:.1f}"
 
 
+def curve_position(n: float) -> str:
+    """Where an epoch count of :func:`reference_epochs` puts a model on the reference VAE's learning
+    curve, as a phrase that reads true at either end of the curve ("worse than ... after its first
+    epoch" rather than "as good as ... after fewer than 1 epoch")."""
+    first, last = REFERENCE_CURVE[0], REFERENCE_CURVE[-1]
+    if not finite(n) and not (isinstance(n, float) and math.isinf(n)):
+        return "not placed on the paper-trained VAE's learning curve (not measured)"
+    if math.isinf(n):
+        return f"better than the paper-trained VAE after all {last[0]} of its epochs ({last[2]:.1f} nats)"
+    if n <= 0:
+        return (f"worse than the paper-trained VAE after the first of its {last[0]} epochs ({first[2]:.1f} "
+                "nats), so below the start of its learning curve")
+    return (f"as good as the paper-trained VAE after {n:.1f} of its {last[0]} epochs (linear between the "
+            "measured epochs)")
+
+
 def gen0_confidence_threshold() -> tuple[float, str]:
     """(threshold, the criterion in words) of the confidence part of :func:`gen0_claim`."""
     ref = REFERENCE_GEN0_CONFIDENCE
@@ -992,6 +1008,7 @@ def gen0_claim(study: Study, params) -> Claim:
              "threshold": thr, "reference": REFERENCE_GEN0_CONFIDENCE, "criterion": words,
              "entropy": _med(ent[0]) if ent is not None else nan,
              "neg_elbo": _med(ne[0]) if ne is not None else nan, "epochs": n_med, "epochs_text": epochs_text(n_med),
+             "position": curve_position(n_med),
              "epochs_min_text": epochs_text(float(np.min(ep))) if len(ep) else "not measured",
              "min_epochs": MIN_REFERENCE_EPOCHS, "reference_epochs": REFERENCE_CURVE[-1][0]}
     too_small = ("a classifier and the real-test negative ELBO" if m is None or ent is None or ne is None else
@@ -1000,9 +1017,8 @@ def gen0_claim(study: Study, params) -> Claim:
         measured, holds = "not measured by this run (no classifier or no real test images)", np.array([], dtype=bool)
     else:
         holds = (ep >= MIN_REFERENCE_EPOCHS) & (m[0] >= thr) & (ent[0] >= MIN_GEN0_ENTROPY)
-        measured = (f"generation 0's real-test negative ELBO {extra['neg_elbo']:.1f} nats (median over seeds) matches "
-                    f"the paper-trained VAE after {extra['epochs_text']} of its {REFERENCE_CURVE[-1][0]} epochs (lowest seed "
-                    f"{extra['epochs_min_text']}); its samples: mean top-class probability {extra['gen0']:.3f} "
+        measured = (f"generation 0's real-test negative ELBO {extra['neg_elbo']:.1f} nats (median over seeds): "
+                    f"{extra['position']} (the seed lowest on that curve: {extra['epochs_min_text']} of its epochs); its samples: mean top-class probability {extra['gen0']:.3f} "
                     f"(lowest {extra['min']:.3f}), class entropy {extra['entropy']:.2f} bits; criterion: at least "
                     f"{MIN_REFERENCE_EPOCHS} epochs, confidence {words}, and at least {MIN_GEN0_ENTROPY:g} bits; "
                     f"met in {int(holds.sum())} of {len(holds)} seeds")
@@ -1092,7 +1108,7 @@ def budget_claim(study: Study, params) -> Claim:
     rising = len(ratio) > 1 and bool(np.all(np.diff(ratio) > 0))
     falling = len(ratio) > 1 and ratio[0] >= ratio[-1]
     verdict = judge(rising, visible=not lacks and (rising or falling))
-    gate = "; ".join(lacks) if lacks else ("budgets ordered one way or the other (here they are not)"
+    gate = "; ".join(lacks) if lacks else ("budgets ordered one way or the other, which here they are not"
                                            if verdict == NOT_VISIBLE else "")
     pairs = ", ".join(f"{_steps(n)} ×{r:.2f}" for n, r in zip(steps, ratio))
     return Claim("budget-rate", statement, paper,
