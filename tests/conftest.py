@@ -136,3 +136,15 @@ def read_executed():
         return json.dumps(nb), sum("image/png" in o.get("data", {}) for o in outputs)
 
     return read
+
+
+@pytest.fixture(scope="module")
+def mnist_ok():
+    """Skip a test that needs MNIST where the dataset is not available (offline, no COLLAPSE_DATA_DIR)."""
+    from collapse_utils.core.data import DataError, find_dataset
+
+    try:
+        find_dataset("mnist")
+    except DataError as e:
+        pytest.skip(f"MNIST not available: {e}")
+

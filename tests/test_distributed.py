@@ -17,20 +17,11 @@ pytest.importorskip("distributed")
 
 from collapse_utils.chapters import vae_mnist as ch  # noqa: E402
 from collapse_utils.core import parallel  # noqa: E402
-from collapse_utils.core.data import DataError, find_dataset  # noqa: E402
 from collapse_utils.core.engine import Loop  # noqa: E402
 from collapse_utils.models import vae  # noqa: E402
 from collapse_utils.tooling.config import load_preset  # noqa: E402
 
 DASK = "dask-local:2"
-
-
-@pytest.fixture(scope="module")
-def mnist_ok():
-    try:
-        find_dataset("mnist")
-    except DataError as e:
-        pytest.skip(f"MNIST not available: {e}")
 
 
 def tiny_params(**kw):

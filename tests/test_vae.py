@@ -13,18 +13,9 @@ import collapse_utils as cu
 from collapse_utils.models import vae
 from collapse_utils.chapters import vae_mnist as ch
 from collapse_utils.tooling.config import ParamError, load_preset
-from collapse_utils.core.data import DataError, find_dataset
 from collapse_utils.core.engine import run_recursion
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def mnist_ok():
-    try:
-        find_dataset("mnist")
-    except DataError as e:
-        pytest.skip(f"MNIST not available: {e}")
 
 
 def tiny_params(**kw):
