@@ -593,3 +593,15 @@ def test_simulated_curation_matches_the_exact_round_and_fails_for_a_wrong_one():
     # the many-draw limit is not the finite-K round: the same test rejects it
     limit = cur.exact_rounds(p0, r, 3, 2, real_share=0.3, limit=True)
     assert (np.abs(mean[1:] - limit[1:]) > 4 * se[1:]).any()
+
+
+def test_quoted_parameters_say_how_the_crawl_was_written():
+    from collapse_utils.tooling.config import load_preset
+
+    p = load_preset("cpu", "06")
+    q = ch.quoted_parameters(p)
+    assert q["p06_gamma"] == p["gamma"] and q["p06_final_share_pct"] == 100 * p["final_share"]
+    assert q["p06_decoding_text"].startswith("sampled (temperature") and "no repetition penalty" in q[
+        "p06_decoding_text"]
+    beam = ch.quoted_parameters({**p, "decoding": "beam", "num_beams": 5, "repetition_penalty": 2.0})
+    assert beam["p06_decoding_text"] == "written by beam search (5 beams, repetition penalty 2)"

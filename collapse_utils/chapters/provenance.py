@@ -33,7 +33,7 @@ from .plotting import finish, palette
 from ..models.provenance import (ARMS, DETECTORS, CrawlSettings, ProvenanceCollapse, pool_size, synthetic_shares,
                                  vendor_split)
 
-__all__ = [
+__all__ = ["quoted_parameters",
     "ARM_LABELS",
     "Params",
     "ProvenanceResult",
@@ -299,6 +299,25 @@ def experiment(p: Params, data: LMData, base: Base, arm: str = "watermark") -> P
     return ProvenanceCollapse(base, data, arm_settings(p, arm), epochs=p["epochs"], lr=p["lr"],
                               batch_size=p["batch_size"], patience=p["patience"], num_beams=p["num_beams"],
                               repetition_penalty=p["repetition_penalty"], gen_batch_size=p["gen_batch_size"])
+
+
+def quoted_parameters(p) -> dict:
+    """The parameters the page's prose quotes, keyed ``p06_<name>``: values as they ran, the shares in
+    percent, and how the crawl's model text is written."""
+    quoted = {k: p[k] for k in ("gamma", "delta", "z_threshold", "crawl_blocks", "generations", "calibration_blocks",
+                                "probe_prompts", "null_keys", "resample_bias", "resample_repeats",
+                                "resample_upsample", "surprise_quantile", "overlay_k", "overlay_rounds",
+                                "overlay_samples", "overlay_replicates", "overlay_real_share")}
+    quoted["final_share_pct"] = 100 * p["final_share"]
+    quoted["second_vendor_pct"] = 100 * p["second_vendor_share"]
+    if p["decoding"] == "sample":
+        quoted["decoding_text"] = (f"sampled (temperature {p['temperature']:g}"
+                                   + (f", top-{p['top_k']}" if p["top_k"] else ", the whole vocabulary")
+                                   + ", no repetition penalty)")
+    else:
+        quoted["decoding_text"] = (f"written by beam search ({p['num_beams']} beams, repetition penalty "
+                                   f"{p['repetition_penalty']:g})")
+    return {f"p06_{k}": v for k, v in quoted.items()}
 
 
 def default_loop(p: Params) -> Loop:
