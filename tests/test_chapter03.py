@@ -383,3 +383,13 @@ def test_every_claim_has_a_kind_and_a_collapse_definition():
     for study in (collapsing(), collapsing(budget=False, seeds=1)):
         for c in ch.claims(study, PARAMS):
             assert c.kind in KINDS and c.collapse in COLLAPSE_DEFINITIONS, (c.id, c.kind, c.collapse)
+
+
+def test_spread_text_has_one_line_per_condition_in_order():
+    import pandas as pd
+
+    spread = pd.DataFrame({"condition": ["b", "b", "a"], "generation": [0, 1, 0], "median": [2.0, 1.5, 3.0],
+                           "min": [1.9, 1.4, 2.9], "max": [2.1, 1.6, 3.1], "ratio_to_gen0": [1.0, 0.75, 1.0]})
+    lines = ch.spread_text(spread).splitlines()
+    assert [ln.split()[0] for ln in lines] == ["b", "a"]
+    assert "g1: 1.50 [1.40, 1.60] x0.75" in lines[0]

@@ -24,7 +24,7 @@ from ..core.params import ChapterParams, Checker, param
 from ..models import vae
 from .claims import NOT_RUN, NOT_VISIBLE, Claim, finite, judge
 
-__all__ = [
+__all__ = ["spread_text",
     "GEN0_CONFIDENCE_FLOOR", "GEN0_CONFIDENCE_TOLERANCE", "MIN_GEN0_ENTROPY", "MIN_SHARE", "REFERENCE_GEN0_CONFIDENCE",
     "MIN_REFERENCE_EPOCHS", "REFERENCE_CURVE", "reference_curve", "reference_epochs", "epochs_text",
     "budget_claim", "budget_note", "budget_sentence", "budget_table", "plot_budget", "run_budget_study",
@@ -511,6 +511,17 @@ def spread_table(study: Study, metric: str = "latent_spread") -> pd.DataFrame:
                          "min": float(np.min(v)), "max": float(np.max(v)),
                          "ratio_to_gen0": float(np.median(v / vals[0]))})
     return pd.DataFrame(rows)
+
+
+def spread_text(spread: pd.DataFrame) -> str:
+    """One line per condition of :func:`spread_table`: each generation's median [min, max] over seeds and
+    the median of the seeds' ratios to their generation 0."""
+    lines = []
+    for cond, tab in spread.groupby("condition", sort=False):
+        cells = "  ".join(f"g{r.generation}: {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}] x{r.ratio_to_gen0:.2f}"
+                          for _, r in tab.iterrows())
+        lines.append(f"{cond:24s} {cells}")
+    return "\n".join(lines)
 
 
 def spread_note(study: Study, metric: str = "latent_spread") -> str:
