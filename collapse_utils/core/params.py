@@ -29,7 +29,9 @@ from typing import Any, ClassVar
 __all__ = ["PRESETS", "COMMON_PARAMS", "WALL_TIME_PARAMS", "ParamError", "Checker", "Spec", "param",
            "ChapterParams", "resolve"]
 
-PRESETS = ("smoke", "cpu", "paper")
+#: smoke (seconds, structure only), cpu (the default book, minutes on a laptop), pretrained (cpu plus the studies
+#: that start from the pretrained SmolLM2-135M, chapters 04 and 06; under an hour on two cores), paper (a GPU)
+PRESETS = ("smoke", "cpu", "pretrained", "paper")
 #: parameters every chapter has besides its own
 COMMON_PARAMS = ("preset", "run_name")
 #: parameters that change only the wall time, never a number (the reproducibility contract):
@@ -232,7 +234,7 @@ class ChapterParams(Mapping):
     #: run :meth:`cross_checks` even when a value has the wrong type or range (a chapter whose
     #: cross checks skip values of the wrong type sets this, so that one error lists every problem)
     cross_checks_always: ClassVar[bool] = False
-    preset: str = param("cpu", "smoke | cpu | paper: the preset the other values come from",
+    preset: str = param("cpu", "smoke | cpu | pretrained | paper: the preset the other values come from",
                         choices=PRESETS)
     run_name: str = param("", "results folder name; derived from the preset and the changes when empty")
 

@@ -47,7 +47,8 @@ from .lm_train import (
     tiny_opt_config,
 )
 
-__all__ = ["EXPERIMENT", "LOCAL_MODEL", "PROMPT_SOURCES", "Base", "FittedLM", "LMCollapse", "prepare_base", "prepare_data"]
+__all__ = ["EXPERIMENT", "LOCAL_MODEL", "PROMPT_SOURCES", "Base", "FittedLM", "LMCollapse", "model_source",
+           "prepare_base", "prepare_data"]
 
 LOCAL_MODEL = "local-opt"
 PRUNE_BYTES = 100 * 2**20  # fitted models larger than this are deleted once no longer needed
@@ -63,12 +64,20 @@ def prepare_data(p: dict, data_path=None, cache=None) -> LMData:
     """Tokenised, blocked WikiText-2 for a run (see :func:`collapse_utils.models.lm_data.prepare_lm_data`)."""
     local = p["model_name"] == LOCAL_MODEL
     return prepare_lm_data(
-        data_config=p["data_config"], tokenizer="local-bpe" if local else p["model_name"],
+        data_config=p["data_config"], tokenizer="local-bpe" if local else model_source(p["model_name"]),
         vocab_size=p["vocab_size"], block_size=p["block_size"], train_blocks=p["train_blocks"],
         base_blocks=p["base_blocks"] if local else 0, valid_blocks=p["valid_blocks"], test_blocks=p["test_blocks"],
         holdout=local, drop_headings=p["drop_headings"], data_path=data_path, cache=cache,
         tokenize=p.get("tokenize", "lines"),
     )
+
+
+def model_source(name: str) -> str:
+    """What ``from_pretrained`` reads for a model name: a registry model's converted folder
+    (:func:`collapse_utils.models.pretrained.model_folder`), else the name (a hub name or a folder) itself."""
+    from .pretrained import is_registry_model, model_folder
+
+    return str(model_folder(name)) if is_registry_model(name) else name
 
 
 @dataclass
@@ -101,6 +110,13 @@ class Base:
                     f"{i['best_val_loss']:.3f} at epoch {i['best_epoch']}); saved with `save_pretrained` to "
                     f"`{self.short_path()}` and loaded back with `AutoModelForCausalLM.from_pretrained`. "
                     f"Its perplexity on the real test blocks before any fine-tuning: {self.test_ppl:.1f}.")
+        if self.info.get("registry"):
+            from .pretrained import describe
+
+            return (f"Base model: {describe(self.info['registry'])}. It was fetched and verified through the dataset "
+                    f"registry (entry `{self.info['registry']}`), converted once to a Hugging Face folder and loaded "
+                    f"with `AutoModelForCausalLM.from_pretrained`; perplexity on the real test blocks before any "
+                    f"fine-tuning: {self.test_ppl:.1f}.")
         return (f"Base model: `{self.path}` loaded by name with `AutoModelForCausalLM.from_pretrained`; "
                 f"perplexity on the real test blocks before any fine-tuning: {self.test_ppl:.1f}.")
 
@@ -121,9 +137,16 @@ def _prepare_base(p: dict, data: LMData, cache_root: str | os.PathLike, progress
     from ..core.storage import atomic_write_bytes, read_cache
 
     if p["model_name"] != LOCAL_MODEL:
-        model = load_model(p["model_name"])
+        from .pretrained import is_registry_model
+
+        name = p["model_name"]
+        source = model_source(name)
+        model = load_model(source)
         ppl = perplexity_stats(sequence_nll(model, data.test), "test")["test_ppl"]
-        return Base(p["model_name"], fingerprint(p["model_name"]), ppl, {"local": False})
+        info = {"local": False, "n_params": int(sum(t.numel() for t in model.parameters()))}
+        if is_registry_model(name):
+            info["registry"] = name
+        return Base(source, fingerprint(name, Path(source).name), ppl, info)
     keys = {k: p[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "base_epochs", "base_lr",
                               "batch_size", "block_size")}
     fp = fingerprint(keys, thread_tag(), data.tokenizer_path, data.base, data.valid, length=12)

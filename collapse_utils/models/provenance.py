@@ -433,6 +433,9 @@ class CrawlSettings:
     temperature: float = 1.0
     top_k: int = 0
     null_keys: int = 100
+    #: a pretrained model (:data:`collapse_utils.models.pretrained.PRETRAINED`) that scores the crawl of the
+    #: no-filter arm as a second, independent reference-perplexity detector ("" = none)
+    reference_model: str = ""
 
     def __post_init__(self):
         if self.arm not in ARMS:
@@ -504,6 +507,7 @@ class ProvenanceCollapse(LMCollapse):
         self._calib = None
         self._ref_mass = None
         self._special = None
+        self._pretrained = None
 
     def with_arm(self, arm: str, model_dir: str | os.PathLike | None = None,
                  progress: bool | None = None) -> ProvenanceCollapse:
@@ -764,6 +768,15 @@ class ProvenanceCollapse(LMCollapse):
                 for lab, kind in KINDS.items():
                     sel = (labels == 0) | (labels == lab)
                     pending[f"auc_{det}_{kind}_T{t}"] = auc(labels[sel] == lab, sc[sel])
+        if s.reference_model and s.arm == "none":  # the detection claims read the no-filter arm only
+            with self.timed("score crawl: pretrained reference", len(crawl)):
+                nll_pt = self.pretrained_nll(crawl, s.tokens)
+            for t in s.tokens:
+                sc = -nll_pt[t]
+                pending[f"auc_pretrained_T{t}"] = auc(machine, sc)
+                for lab, kind in KINDS.items():
+                    sel = (labels == 0) | (labels == lab)
+                    pending[f"auc_pretrained_{kind}_T{t}"] = auc(labels[sel] == lab, sc[sel])
         z_full = self.z(crawl)
         p_full = calib["detectors"][self.data.block_size].predict_proba(
             detector_features(crawl, nll_ref, self.data.block_size))[:, 1]
@@ -776,6 +789,20 @@ class ProvenanceCollapse(LMCollapse):
             pending["auc_surprise_generator"] = auc(machine, surprise)
             pending["surprise_threshold"] = float(np.quantile(human_surprise, s.surprise_quantile))
         return pending, z_full, p_full, surprise, human_surprise, nll_ref
+
+    def pretrained_nll(self, blocks: torch.Tensor, tokens) -> dict[int, np.ndarray]:
+        """Reference perplexity from a pretrained model that never saw this book's text: for every ``t`` of
+        ``tokens``, the mean token loss of each block's first ``t`` tokens, decoded to text and read again with
+        the pretrained model's own tokenizer (:func:`~collapse_utils.models.pretrained.text_nll`)."""
+        from .lm_data import load_tokenizer
+        from .pretrained import model_folder, text_nll
+
+        if self._pretrained is None:
+            folder = model_folder(self.settings.reference_model)
+            self._pretrained = (load_model(folder), load_tokenizer(folder), load_tokenizer(self.data.tokenizer_path))
+        model, tok, local = self._pretrained
+        return {t: text_nll(model, tok, local.batch_decode(blocks[:, :t].tolist(), skip_special_tokens=True))
+                for t in tokens}
 
     def _seed_of_plan(self) -> int:
         return self._plan.seed
