@@ -55,7 +55,7 @@ install: $(VENV)/.installed
 # the datasets the chapters and tests read: found in COLLAPSE_DATA_DIR (../shared/data) or the cache,
 # else downloaded into data/cache/ and verified by sha256 (the tests themselves never download)
 data: install
-	$(PY) -m collapse_utils.core.data fetch mnist wikitext-2
+	$(PY) -m collapse_utils.core.data fetch mnist wikitext-2 smollm2-135m
 
 test: data
 	$(PY) -m pytest -q

@@ -63,7 +63,7 @@ TORCH = "torch==2.13.0"
 CI_CHAPTERS = ("01", "03")
 ALL_CHAPTERS = tuple(sorted(CHAPTERS))  # every chapter of the registry (tooling/config.py)
 #: datasets each chapter must download (through the local server); the others download nothing
-DATASETS = {"03": ("mnist",), "04": ("wikitext-2",), "06": ("wikitext-2",)}
+DATASETS = {"03": ("mnist",), "04": ("wikitext-2", "smollm2-135m"), "06": ("wikitext-2", "smollm2-135m")}
 #: the book's tooling (extras run, book and dev): neither installed by a Colab line nor imported in its kernel
 TOOLING_MODULES = ("papermill", "jupytext", "jupyter_book", "myst_nb", "sphinx", "playwright", "pytest",
                    "nbclient", "ruff", "importlinter")
@@ -166,16 +166,26 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="session")
-def data_server():
+def data_server(tmp_path_factory):
     """The datasets folder (COLLAPSE_DATA_DIR, as the test suite finds it) served over HTTP on 127.0.0.1;
     ``served`` lists (path, status) of every request."""
     import functools
 
-    folder = os.environ.get("COLLAPSE_DATA_DIR")
-    if not folder or not Path(folder).is_dir():
+    from collapse_utils.core.data import REGISTRY, DataError, find_dataset
+
+    data_dir = os.environ.get("COLLAPSE_DATA_DIR")
+    if not data_dir or not Path(data_dir).is_dir():
         pytest.skip("needs the offline datasets (COLLAPSE_DATA_DIR) to serve")
+    # every registered dataset found here (COLLAPSE_DATA_DIR or the cache: the pretrained model is fetched into
+    # the cache), one folder each, as a COLLAPSE_DATA_DIR folder is laid out
+    folder = tmp_path_factory.mktemp("served")
+    for name in REGISTRY:
+        try:
+            (folder / name).symlink_to(find_dataset(name).resolve(), target_is_directory=True)
+        except DataError:
+            pass
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_Handler, directory=folder))
+                                             functools.partial(_Handler, directory=str(folder)))
     server.served = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -54,7 +54,7 @@ def test_resolve_params_layers_preset_and_overrides():
 
 
 @pytest.mark.parametrize("args,match", [
-    (("01", "huge", []), "valid presets: smoke, cpu, paper"),
+    (("01", "huge", []), "valid presets: smoke, cpu, pretrained, paper"),
     (("42", "cpu", []), "valid chapters"),
     (("01", "cpu", ["nope=1"]), "unknown parameter 'nope'.*valid parameters: .*seeds"),
     (("01", "cpu", ["seeds"]), "name=value"),

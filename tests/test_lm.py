@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {**load_preset("smoke", "04"), "preset": "smoke", "run_name": "", "train_blocks": 20, "valid_blocks": 8,
         "test_blocks": 8, "base_blocks": 48, "hidden_size": 16, "num_beams": 2, "generations": 2,
-        "batch_size": 8, "gen_batch_size": 16}
+        "batch_size": 8, "gen_batch_size": 16, "pretrained": {}}  # the pretrained study: tests/test_pretrained.py
 
 
 @pytest.fixture(scope="module")
@@ -374,6 +374,14 @@ def test_chapter_04_smoke_run(smoke_chapter, read_executed, results_tmp):
         "original"}
     assert (run / "per_sequence_perplexity.csv").exists() and (run / "continuations.csv").exists()
     assert json.loads((run / "params.json").read_text())["preset"] == "smoke"
+    # the smoke preset runs the pretrained study's machinery: SmolLM2-135M, (a) and (b), one generation
+    pm = pd.read_csv(run / "pretrained_metrics.csv")
+    assert set(pm.setting) == {"a", "b"} and pm.generation.max() == 1
+    assert (run / "pretrained_continuations.csv").exists()
+    assert "SmolLM2-135M-Instruct" in text and "fetched and verified through the dataset registry" in text
+    claims = pd.read_csv(run / "claims.csv")
+    pt = claims[claims.id.str.startswith("pt-")]
+    assert len(pt) == 6 and not (pt.verdict == "not run at this preset").any()
     shutil.rmtree(run / "checkpoints", ignore_errors=True)
 
 

@@ -220,7 +220,7 @@ def _corrupt_data(tmp: Path) -> Path:
 CATALOGUE = [
     ("unknown chapter", ["run", "99"], {}, r"unknown chapter '99'; valid chapters: 01 \(01_gaussian_theory\)"),
     ("unknown chapter in `book --chapters`", ["book", "--chapters", "8"], {}, r"unknown chapter '8'; valid chapters"),
-    ("unknown preset", ["run", "01", "--preset", "huge"], {}, r"unknown preset 'huge'; valid presets: smoke, cpu, paper"),
+    ("unknown preset", ["run", "01", "--preset", "huge"], {}, r"unknown preset 'huge'; valid presets: smoke, cpu, pretrained, paper"),
     ("unknown parameter", ["run", "01", "-p", "nope=1"], {}, r"unknown parameter 'nope' for chapter 01; valid parameters: .*seeds"),
     ("`-p` without `=`", ["run", "01", "-p", "seeds"], {}, r"parameter override 'seeds' must look like name=value"),
     ("`-p` with an empty name", ["run", "01", "-p", "=3"], {}, r"unknown parameter '' for chapter 01; valid parameters"),
@@ -239,7 +239,7 @@ CATALOGUE = [
     ("conflicting: local model with the raw text", ["run", "04", "-p", "data_config=wikitext-2-raw-v1"], {}, r"set data_config='wikitext-2-v1'"),
     ("conflicting: heads do not divide the width", ["run", "04", "-p", "num_heads=3"], {}, r"hidden_size \(\d+\) must be divisible by num_heads \(3\)"),
     ("run name with a path in it", ["run", "01", "-p", "run_name=../elsewhere"], {}, r"run_name '../elsewhere' may contain only letters"),
-    ("data folder that does not exist", ["run", "04"], {"COLLAPSE_DATA_DIR": "/nonexistent/data", "COLLAPSE_CACHE_DIR": "{tmp}/empty-cache"}, r"COLLAPSE_DATA_DIR=/nonexistent/data is not a folder \(point it at the folder that holds the dataset folders: gpt2-bpe, mnist, wikitext-2, wikitext-2-raw, or unset it\); wiki.train.tokens of dataset 'wikitext-2' not found"),
+    ("data folder that does not exist", ["run", "04"], {"COLLAPSE_DATA_DIR": "/nonexistent/data", "COLLAPSE_CACHE_DIR": "{tmp}/empty-cache"}, r"COLLAPSE_DATA_DIR=/nonexistent/data is not a folder \(point it at the folder that holds the dataset folders: gpt2-bpe, mnist, smollm2-135m, wikitext-2, wikitext-2-raw, or unset it\); wiki.train.tokens of dataset 'wikitext-2' not found"),
     ("data folder without the dataset", ["run", "04"], {"COLLAPSE_DATA_DIR": "{tmp}", "COLLAPSE_CACHE_DIR": "{tmp}/empty-cache"}, r"wiki.train.tokens of dataset 'wikitext-2' not found .*expected sha256 9e9fa1ad.*To provide it"),
     ("corrupted dataset file", ["run", "03"], {"COLLAPSE_DATA_DIR": "{corrupt}"}, r"t10k-labels-idx1-ubyte.gz is corrupt: its sha256 is [0-9a-f]{64}, expected f7ae60f9"),
     ("Hugging Face model name while offline", ["run", "04", "-p", "model_name=facebook/opt-125m"], {"HF_HUB_OFFLINE": "1"}, r"model_name='facebook/opt-125m' is a Hugging Face hub name, but HF_HUB_OFFLINE.* is set .*'local-opt'"),

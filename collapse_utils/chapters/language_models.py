@@ -611,10 +611,13 @@ def run_pretrained_study(p, ckpt: Path, progress: bool = True):
     pp = pretrained_params(p)
     if pp is None:
         return None
+    t0 = time.time()
     data = prepare_data(pp)
     base = prepare_base(pp, data, base_cache(), progress)
     res = _run_plan(pp, default_loop(pp, data, base), SETTINGS, Path(ckpt) / "pretrained", progress)
-    return collect(base, *res.values()), pp, data, base
+    out = collect(base, *res.values())
+    out.seconds = time.time() - t0
+    return out, pp, data, base
 
 
 def _study_name(result: LMResult) -> str:
@@ -635,9 +638,12 @@ def pretrained_markdown(result: LMResult, p) -> str:
     pp, data, base, r = result.pretrained_params, result.pretrained_data, result.pretrained_base, result.pretrained
     w = _wide(r.metrics)
     seeds = sorted(w["seed"].unique()) if len(w) else []
-    return (f"{base.describe()} The study runs settings (a) and (b) from it on {len(data.train):,} training blocks "
-            f"of {pp['block_size']} tokens ({data.info.get('tokenizer', '').split(' (')[-1].rstrip(')')} "
-            f"vocabulary), {pp['generations']} generations after model 0, {len(seeds)} seed(s), "
+    def n(k: int, word: str) -> str:
+        return f"{k:,} {word}{'' if k == 1 else 's'}"
+
+    return (f"{base.describe()} The study runs settings (a) and (b) from it on {n(len(data.train), 'training block')} "
+            f"of {pp['block_size']} tokens of the model's own tokenizer ({int(data.info.get('vocab_size', 0)):,} "
+            f"tokens), {n(pp['generations'], 'generation')} after model 0, {n(len(seeds), 'seed')}, "
             f"{pp['epochs_a']} / {pp['epochs_b']} epochs allowed in (a) / (b), learning rate {pp['lr']:g}, batch "
             f"{pp['batch_size']}, beam search with {pp['num_beams']} beams and repetition penalty "
             f"{pp['repetition_penalty']:g}; test perplexity on {len(data.test):,} real test blocks. "
@@ -645,11 +651,12 @@ def pretrained_markdown(result: LMResult, p) -> str:
 
 
 def pretrained_table(result: LMResult) -> pd.DataFrame:
-    """The pretrained study's real-test perplexity per generation, (a) and (b), mean over seeds."""
+    """The pretrained study's table of :func:`test_perplexity_table`: per setting and generation, the real-test
+    perplexity (mean, minimum and maximum over seeds) and the training data's median perplexity under model 0."""
     if result.pretrained is None:
-        return pd.DataFrame(columns=["generation", "(a)", "(b)"])
-    t = test_perplexity_table(result.pretrained.metrics)
-    return t
+        return pd.DataFrame(columns=["setting", "generation", "seeds", "test ppl (corpus)", "min over seeds",
+                                     "max over seeds", "per-sequence mean", "data ppl under gen 0 (median)"])
+    return test_perplexity_table(result.pretrained.metrics)
 
 
 def plot_pretrained(result: LMResult, p):
@@ -729,7 +736,7 @@ def pretrained_claims(result: LMResult, p) -> list[Claim]:
         collapse = {"finetune-improves": "none", "data-more-probable": "tails"}
         return [Claim(f"pt-{cid}", f"From a pretrained model: {statements[cid]}", "as in the paper (OPT-125m)",
                       "not run: pretrained is empty at this preset", "fig-04-pretrained", NOT_RUN,
-                      kind="reproduction", collapse=collapse.get(cid, "error-rises")) for cid in STUDY_CLAIMS]
+                      gate="the pretrained study (pretrained; the pretrained preset sets it)", kind="reproduction", collapse=collapse.get(cid, "error-rises")) for cid in STUDY_CLAIMS]
     out = []
     for c in _run_claims(result.pretrained, result.pretrained_params):
         if c.id in STUDY_CLAIMS:

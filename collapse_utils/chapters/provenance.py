@@ -1217,6 +1217,7 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
     if not p.get("reference_model"):
         out.append(Claim("pretrained-scorer", pt_statement, "(beyond the paper)",
                          "not run: reference_model is empty at this preset", "fig-06-detectors", NOT_RUN,
+                         gate="a pretrained reference model (reference_model; the pretrained preset sets it)",
                          kind="comparison", collapse="none",
                          extra={"auc": float("nan"), "auc_local": ap, "auc_min": float("nan"), "model": ""}))
     else:

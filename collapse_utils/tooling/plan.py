@@ -49,6 +49,15 @@ MEASURED: dict[str, float] = {
     "lm_opt125m_train_flops_per_token": 7.413e+08,
     "lm_opt125m_beam5_s_per_block": 3.645,
     "lm_opt125m_beam5_flops_per_block": 1.326e+11,
+    # SmolLM2-135M (the pretrained model of the pretrained preset, chapters 04 and 06), measured on 2026-12-07
+    # with one thread on the idle development machine (wall seconds, issue 27): fine-tuning 92 tokens/s with
+    # validation and saving, beam search (5 beams, 64 new tokens, 8 prompts a call) 0.43 blocks/s; its FLOPs
+    # are OPT-125m's counted ones scaled by the number of parameters
+    "lm_smollm2_params": 1.345e+08,
+    "lm_smollm2_train_s_per_token": 0.01087,
+    "lm_smollm2_train_flops_per_token": 7.964e+08,
+    "lm_smollm2_beam5_s_per_block": 2.326,
+    "lm_smollm2_beam5_flops_per_block": 1.424e+11,
     # the numpy chapters: their own run() at the smoke preset, in process (CPU seconds)
     "ch01_smoke_run_s": 0.466,
     "ch02_smoke_run_s": 1.05,
@@ -145,8 +154,8 @@ def _m(key: str, measured: dict | None) -> float:
 def _lm_rates(size: dict, measured) -> dict[str, float]:
     """CPU seconds per training token and per beam-searched block, FLOPs of both, for an OPT of ``size``:
     the measured OPT-125m numbers for that configuration, else the cpu-size numbers scaled by parameters."""
-    if size.get("opt125m"):
-        key = "lm_opt125m"
+    if size.get("opt125m") or size.get("smollm2"):
+        key = "lm_opt125m" if size.get("opt125m") else "lm_smollm2"
         scale = 1.0
     else:
         key = "lm_cpu"
@@ -266,6 +275,10 @@ def _vae_plan(p: dict, measured, gpu: str) -> list[Item]:
 
 
 def _lm_size(p: dict) -> dict:
+    from ..models.pretrained import is_registry_model
+
+    if is_registry_model(p.get("model_name")):
+        return {"smollm2": True, "name": p["model_name"]}
     if str(p.get("model_name", "local-opt")) != "local-opt":
         return {"opt125m": True, "name": p["model_name"]}
     return {"vocab_size": p["vocab_size"], "hidden_size": p["hidden_size"], "num_layers": p["num_layers"],
@@ -314,6 +327,14 @@ def _lm04_plan(p: dict, measured, gpu: str) -> list[Item]:
                           math.ceil(blocks * (1 - float(p["keep_fraction"]))), p, r, gpu))
     for s in comparison_settings(p):
         items.append(_lm_item(f"comparison {s}", CS, G, int(p["epochs_a"]), blocks, blocks, p, r, gpu))
+    if p.get("pretrained"):  # the pretrained study: (a) and (b) again, from the pretrained model
+        q = {**p, **p["pretrained"]}
+        rq, nq = _lm_rates(_lm_size(q), measured), _train_blocks(q)
+        Gq, Sq = int(q["generations"]), int(q["seeds"])
+        items.append(_lm_item(f"pretrained study (a): {q['model_name']}", Sq, Gq, int(q["epochs_a"]), nq, nq, q, rq,
+                              gpu))
+        items.append(_lm_item(f"pretrained study (b): {q['model_name']}", Sq, Gq, int(q["epochs_b"]), nq,
+                              math.ceil(nq * (1 - float(q["keep_fraction"]))), q, rq, gpu))
     return items
 
 
@@ -337,6 +358,12 @@ def _lm06_plan(p: dict, measured, gpu: str) -> list[Item]:
     items.append(it)
     cal = _lm_item("calibration set per seed", S, 1, 0, calib, calib, p, r, gpu)
     items.append(cal)
+    if p.get("reference_model"):  # the pretrained scorer reads the no-filter arm's crawls at every length
+        rq = _lm_rates(_lm_size({"model_name": p["reference_model"]}), measured)
+        tok = S * G * crawl * sum(int(t) for t in p["tokens"])
+        items.append(Item(f"pretrained scorer: {p['reference_model']} (no-filter arm)", S, G, {"eval tokens": tok},
+                          cpu_s=tok * rq["train_s"] / 3,
+                          gpu_s=_gpu_seconds(tok * rq["train_flops"] / 3, tok / (16 * T), "util_train", gpu)))
     return items
 
 
@@ -359,6 +386,8 @@ def plan(chapter: str, preset: str, measured: dict | None = None, gpu: str = "H1
         items = _lm06_plan(p, measured, gpu)
     else:
         raise KeyError(f"no cost model for chapter {ch.id}")
+    if ch.id == "04" and p.get("pretrained"):
+        notes.append(f"pretrained study: {p['pretrained']['model_name']}, costed from its measured rates on one thread")
     if ch.id in ("04", "06") and _lm_size(p).get("opt125m"):
         notes.append(f"{p['model_name']}: costed as a model of OPT-125m's configuration; WikiText-2 train = "
                      f"{_train_blocks(p):,} blocks of {p['block_size']} BPE tokens")
