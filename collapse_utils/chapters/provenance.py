@@ -1032,7 +1032,11 @@ def pretrained_scorer_markdown(claims: list[Claim], p: dict) -> str:
             f"decoded to text and read with its own tokenizer. On whole blocks of the generation-1 crawl its "
             f"reference-perplexity AUC is {e['auc']:.3f}, against {e['auc_local']:.3f} with the local base; reading "
             f"the fewest tokens, {e['auc_min']:.3f}. That the pretrained scorer separates model text better is "
-            f"{verdict_text(c.verdict, c.gate)}.")
+            f"{verdict_text(c.verdict, c.gate)}."
+            + (f" An AUC below 0.5 means the opposite of the detector's rule: under this scorer the model-written "
+               f"blocks are *less* probable than the human ones (the local model writes text a pretrained model "
+               f"finds improbable), so low perplexity does not mark machine text here; read the other way round, "
+               f"the same scores separate with AUC {1 - e['auc']:.3f}." if finite(e["auc"]) and e["auc"] < 0.5 else ""))
 
 
 def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
