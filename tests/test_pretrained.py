@@ -125,6 +125,7 @@ def smollm2():
     return folder, load_model(folder), load_tokenizer(folder)
 
 
+@pytest.mark.slow
 def test_the_conversion_gives_an_ordinary_model_folder(smollm2):
     import json
 
@@ -136,6 +137,7 @@ def test_the_conversion_gives_an_ordinary_model_folder(smollm2):
     assert PT.model_folder("smollm2-135m", download=False) == folder  # made once
 
 
+@pytest.mark.slow
 def test_real_text_is_far_more_probable_than_the_same_tokens_shuffled(smollm2):
     """A model that reads English: real WikiText sentences score a perplexity a pretrained model of this size
     reaches (well under 100), and the same tokens in a random order several times worse.  A conversion that
@@ -152,6 +154,7 @@ def test_real_text_is_far_more_probable_than_the_same_tokens_shuffled(smollm2):
     assert shuffled_ppl > 4 * real_ppl, (real_ppl, shuffled_ppl)
 
 
+@pytest.mark.slow
 def test_text_nll_is_the_per_text_loss_whatever_the_batching(smollm2):
     """Padding and masking do not change a text's loss: batches of 1 and of all texts agree; a text of one
     token has no loss (NaN)."""

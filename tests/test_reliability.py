@@ -216,6 +216,22 @@ def _corrupt_data(tmp: Path) -> Path:
     return d
 
 
+def _corrupt_model(tmp: Path) -> Path:
+    """A data folder with the offline datasets and a damaged pretrained-model file (its first bytes kept)."""
+    from collapse_utils.core.data import REGISTRY, find_dataset
+
+    shared = find_dataset("wikitext-2").parent
+    d = tmp / "corrupt-model"
+    d.mkdir()
+    for sub in shared.iterdir():
+        if sub.is_dir() and sub.name != "smollm2-135m":
+            (d / sub.name).symlink_to(sub)
+    (d / "smollm2-135m").mkdir()
+    (name,) = REGISTRY["smollm2-135m"].files
+    (d / "smollm2-135m" / name).write_bytes(b"GGUF" + b"\0" * 4096)
+    return d
+
+
 #: (input as a reader would describe it, command-line arguments, environment, what the message must say)
 CATALOGUE = [
     ("unknown chapter", ["run", "99"], {}, r"unknown chapter '99'; valid chapters: 01 \(01_gaussian_theory\)"),
@@ -245,6 +261,8 @@ CATALOGUE = [
     ("Hugging Face model name while offline", ["run", "04", "-p", "model_name=facebook/opt-125m"], {"HF_HUB_OFFLINE": "1"}, r"model_name='facebook/opt-125m' is a Hugging Face hub name, but HF_HUB_OFFLINE.* is set .*'local-opt'"),
     ("paper preset offline (raw WikiText-2 training split)", ["run", "04", "--preset", "paper"], {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLLAPSE_CACHE_DIR": "{tmp}/empty-cache"}, r"wiki.train.raw of dataset 'wikitext-2-raw' not found.*cannot fetch 'wikitext'/'wikitext-2-raw-v1'"),
     ("model folder without a model", ["run", "04", "-p", "model_name={tmp}"], {}, r"is a folder without config.json"),
+    ("pretrained study with a parameter it cannot take", ["run", "04", "-p", "pretrained={model_name: smollm2-135m, size_blocks: [8]}"], {}, r"pretrained sets \['size_blocks'\], which the pretrained study cannot change"),
+    ("corrupted pretrained model file", ["run", "04", "--preset", "pretrained"], {"COLLAPSE_DATA_DIR": "{corrupt_model}", "COLLAPSE_CACHE_DIR": "{tmp}/empty-cache"}, r"SmolLM2-135M-Instruct.Q4_1.gguf is corrupt: its sha256 is [0-9a-f]{64}, expected b179c952"),
     ("results folder that cannot be written", ["run", "01"], {"COLLAPSE_RESULTS_DIR": "/sys/collapse-results"}, r"the results folder /sys/collapse-results/01_gaussian_theory cannot be written"),
     ("output folder that cannot be written", ["run", "01", "--output-dir", "/sys/collapse-out"], {}, r"folder for executed notebooks /sys/collapse-out cannot be written .*--output-dir"),
     ("`book --root` that is not a book", ["book", "--root", "{tmp}"], {}, r"is not a book folder \(no _config.yml\)"),
@@ -266,6 +284,8 @@ def test_bad_input_gets_one_clear_message_before_compute(what, argv, env, messag
     subs = {"{tmp}": str(tmp_path)}
     if any("{corrupt}" in v for v in env.values()):
         subs["{corrupt}"] = str(_corrupt_data(tmp_path))
+    if any("{corrupt_model}" in v for v in env.values()):
+        subs["{corrupt_model}"] = str(_corrupt_model(tmp_path))
 
     def fill(text: str) -> str:
         for key, value in subs.items():
