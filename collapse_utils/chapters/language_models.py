@@ -48,6 +48,7 @@ __all__ = ["LocalOPTParams",
     "pretrained_table",
     "pretrained_summary",
     "plot_pretrained",
+    "plot_pretrained_histograms",
     "pretrained_claims",
     "Params",
     "default_loop",
@@ -642,8 +643,8 @@ def pretrained_markdown(result: LMResult, p) -> str:
         return f"{k:,} {word}{'' if k == 1 else 's'}"
 
     return (f"{base.describe()} The study runs settings (a) and (b) from it on {n(len(data.train), 'training block')} "
-            f"of {pp['block_size']} tokens of the model's own tokenizer ({int(data.info.get('vocab_size', 0)):,} "
-            f"tokens), {n(pp['generations'], 'generation')} after model 0, {n(len(seeds), 'seed')}, "
+            f"of {pp['block_size']} tokens of the model's own tokenizer (a vocabulary of "
+            f"{int(data.info.get('vocab_size', 0)):,}), {n(pp['generations'], 'generation')} after model 0, {n(len(seeds), 'seed')}, "
             f"{pp['epochs_a']} / {pp['epochs_b']} epochs allowed in (a) / (b), learning rate {pp['lr']:g}, batch "
             f"{pp['batch_size']}, beam search with {pp['num_beams']} beams and repetition penalty "
             f"{pp['repetition_penalty']:g}; test perplexity on {len(data.test):,} real test blocks. "
@@ -653,10 +654,15 @@ def pretrained_markdown(result: LMResult, p) -> str:
 def pretrained_table(result: LMResult) -> pd.DataFrame:
     """The pretrained study's table of :func:`test_perplexity_table`: per setting and generation, the real-test
     perplexity (mean, minimum and maximum over seeds) and the training data's median perplexity under model 0."""
+    cols = ["setting", "generation", "seeds", "test ppl (corpus)", "min over seeds", "max over seeds",
+            "per-sequence mean", "data ppl under gen 0 (median)", "distinct-2 of the data", "vocabulary share"]
     if result.pretrained is None:
-        return pd.DataFrame(columns=["setting", "generation", "seeds", "test ppl (corpus)", "min over seeds",
-                                     "max over seeds", "per-sequence mean", "data ppl under gen 0 (median)"])
-    return test_perplexity_table(result.pretrained.metrics)
+        return pd.DataFrame(columns=cols)
+    t = test_perplexity_table(result.pretrained.metrics)
+    w = _wide(result.pretrained.metrics).groupby(["setting", "generation"])[["distinct_2", "vocab_share"]].mean()
+    t["distinct-2 of the data"] = [w.loc[(s, g), "distinct_2"] for s, g in zip(t["setting"], t["generation"])]
+    t["vocabulary share"] = [w.loc[(s, g), "vocab_share"] for s, g in zip(t["setting"], t["generation"])]
+    return t[cols]
 
 
 def plot_pretrained(result: LMResult, p):
@@ -696,6 +702,21 @@ def plot_pretrained(result: LMResult, p):
     return fig
 
 
+def plot_pretrained_histograms(result: LMResult, p):
+    """The pretrained study's training data under its model 0 (:func:`plot_ppl_histograms` of its run), or a
+    placeholder where the preset does not run it."""
+    import matplotlib.pyplot as plt
+
+    if result.pretrained is None:
+        fig, ax = plt.subplots(figsize=(11, 1.6))
+        ax.text(0.5, 0.5, "the pretrained study is not run at this preset (pretrained is empty)", ha="center",
+                va="center", fontsize=12)
+        ax.set_axis_off()
+        return fig
+    return plot_ppl_histograms(result.pretrained.per_seq, result.pretrained_params,
+                               labels=result.pretrained.labels)
+
+
 def pretrained_summary(result: LMResult, claims: list[Claim]) -> str:
     """The page's sentence on the pretrained study: its numbers and verdicts (from its claims), or that it
     did not run."""
@@ -710,15 +731,28 @@ def pretrained_summary(result: LMResult, claims: list[Claim]) -> str:
         return verdict_text(c[cid].verdict, c[cid].gate) if cid in c else "not run"
 
     f, a, b = c.get("pt-finetune-improves"), c.get("pt-a-rises"), c.get("pt-b-rises-less")
-    ratio = c["pt-b-only-slightly"].extra.get("ratio") if "pt-b-only-slightly" in c else float("nan")
+    slight = c.get("pt-b-only-slightly")
+    ratio = slight.extra.get("ratio") if slight is not None else float("nan")
+    kept = int(slight.extra.get("kept_blocks", 0)) if slight is not None else 0
+    local = next((x for x in claims if x.id == "b-only-slightly"), None)
+    local_ratio = local.extra.get("ratio") if local is not None else float("nan")
+    pp = result.pretrained_params
+    ea, eb = pp["epochs_a"], pp["epochs_b"]
     return (f"From {_study_name(result)}, fine-tuning on the real blocks takes the test perplexity from "
-            f"{f.extra['base_ppl']:.1f} to {f.extra['model0_ppl']:.1f} (model 0): {v('pt-finetune-improves')}. "
-            f"By generation {a.extra['last_generation']} setting (a) changes it by {a.extra['rise_pct']:+.1f} % "
-            f"against model 0 with repetition penalty {a.extra['penalty']:g} (that it rises in every seed: "
-            f"{v('pt-a-rises')}), setting (b) by {b.extra['rise_pct']:+.1f} % (that (b) rises less: "
-            f"{v('pt-b-rises-less')}; " + (f"{ratio:.2f} of (a)'s rise, " if finite(ratio) else "")
-            + f"that it degrades only slightly: {v('pt-b-only-slightly')}). That generated data are more probable "
-            f"under model 0 is {v('pt-data-more-probable')}; the long tail is {v('pt-long-tail')}.")
+            f"{f.extra['base_ppl']:.1f} to {f.extra['model0_ppl']:.1f} for (a)'s model 0 ({ea} epoch"
+            f"{'s' if ea != 1 else ''}) and to {b.extra['model0_ppl']:.1f} for (b)'s ({eb} epoch"
+            f"{'s' if eb != 1 else ''}): {v('pt-finetune-improves')}. By generation {a.extra['last_generation']} "
+            f"setting (a) changes it by {a.extra['rise_pct']:+.1f} % against its model 0 with repetition penalty "
+            f"{a.extra['penalty']:g} (that it rises in every seed: {v('pt-a-rises')}), setting (b) by "
+            f"{b.extra['rise_pct']:+.1f} % against its own (that (b) rises less: {v('pt-b-rises-less')}; "
+            + (f"{ratio:.2f} of (a)'s rise, " if finite(ratio) else "")
+            + f"that it degrades only slightly: {v('pt-b-only-slightly')}). "
+            + (f"This base was pretrained far from WikiText, yet (b)'s share of (a)'s rise is {ratio:.2f} against "
+               f"{local_ratio:.2f} for the local model; with only {kept} kept real block{'s' if kept != 1 else ''}, "
+               "the study cannot tell whether the base or the few kept blocks explain it. "
+               if finite(ratio, local_ratio) else "")
+            + f"That generated data are more probable under model 0 is {v('pt-data-more-probable')}; the long tail "
+            f"is {v('pt-long-tail')}.")
 
 
 def pretrained_claims(result: LMResult, p) -> list[Claim]:
@@ -735,13 +769,15 @@ def pretrained_claims(result: LMResult, p) -> list[Claim]:
             "long-tail": "Later generations grow a long tail of improbable sequences under model 0"}
         collapse = {"finetune-improves": "none", "data-more-probable": "tails"}
         return [Claim(f"pt-{cid}", f"From a pretrained model: {statements[cid]}", "as in the paper (OPT-125m)",
-                      "not run: pretrained is empty at this preset", "fig-04-pretrained", NOT_RUN,
+                      "not run: pretrained is empty at this preset",
+                      "fig-04-pretrained-histograms" if cid in ("data-more-probable", "long-tail")
+                      else "fig-04-pretrained", NOT_RUN,
                       gate="the pretrained study (pretrained; the pretrained preset sets it)", kind="reproduction", collapse=collapse.get(cid, "error-rises")) for cid in STUDY_CLAIMS]
     out = []
     for c in _run_claims(result.pretrained, result.pretrained_params):
         if c.id in STUDY_CLAIMS:
-            out.append(dataclasses.replace(c, id=f"pt-{c.id}", statement=f"From {name}: {c.statement}",
-                                           evidence="fig-04-pretrained"))
+            fig = "fig-04-pretrained-histograms" if c.id in ("data-more-probable", "long-tail") else "fig-04-pretrained"
+            out.append(dataclasses.replace(c, id=f"pt-{c.id}", statement=f"From {name}: {c.statement}", evidence=fig))
     return out
 
 
@@ -1412,8 +1448,8 @@ def _run_claims(result: LMResult, p) -> list[Claim]:
     out.append(Claim(
         "long-tail", "Later generations grow a long tail of improbable sequences (under model 0) that neither "
         "the real data (generation 0) nor generation 1 had", "a long high-perplexity tail appears",
-        f"95th percentile / median: {tail0:.2f} for the real data, {tail1:.2f} at generation 1, {taill:.2f} at "
-        f"generation {last}", "fig-04-histograms",
+        f"95th percentile / median: {tail0:.2f} for the real data, {tail1:.2f} at generation 1"
+        + (f", {taill:.2f} at generation {last}" if last > 1 else ""), "fig-04-histograms",
         judge(finite(tail0, tail1, taill) and taill > tail1 and taill > tail0,
               visible=learns and last >= 3 and finite(tail0, tail1, taill)),
         gate=needs((last >= 3, f"at least 3 generations after model 0, against {last} in this run")),

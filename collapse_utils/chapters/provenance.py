@@ -1031,7 +1031,7 @@ def pretrained_scorer_markdown(claims: list[Claim], p: dict) -> str:
     return (f"**A pretrained scorer.** {e['model']} also scored the no-filter arm's crawls: each block's first tokens, "
             f"decoded to text and read with its own tokenizer. On whole blocks of the generation-1 crawl its "
             f"reference-perplexity AUC is {e['auc']:.3f}, against {e['auc_local']:.3f} with the local base; reading "
-            f"the fewest tokens, {e['auc_min']:.3f}. That the pretrained scorer separates model text better is "
+            f"the fewest tokens, {e['auc_min']:.3f}. That the detector does better with the pretrained scorer is "
             f"{verdict_text(c.verdict, c.gate)}."
             + (f" An AUC below 0.5 means the opposite of the detector's rule: under this scorer the model-written "
                f"blocks are *less* probable than the human ones (the local model writes text a pretrained model "
@@ -1215,9 +1215,10 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
     pt, pt_min = _mean(at("none", f"auc_pretrained_T{T}", 1)), _mean(at("none", f"auc_pretrained_T{tmin}", 1))
     pt_sd = _auc_null_sd(n_syn1, n_h1)
     gap_z = (pt - ap) / (np.sqrt(2) * pt_sd) if finite(pt, ap, pt_sd) and pt_sd > 0 else float("nan")
-    pt_statement = ("Beyond the paper: reference perplexity separates model-written text better when the scorer is "
-                    "a strong pretrained model that never read this book's text (as the detection literature uses) "
-                    f"than when it is the local base (criterion: higher AUC on the generation-1 crawl at {T} tokens)")
+    pt_statement = ("Beyond the paper: the reference-perplexity detector (low perplexity marks model text) does "
+                    "better when its scorer is a strong pretrained model that never read this book's text (as the "
+                    "detection literature uses) than when it is the local base (criterion: higher AUC on the "
+                    f"generation-1 crawl at {T} tokens)")
     if not p.get("reference_model"):
         out.append(Claim("pretrained-scorer", pt_statement, "(beyond the paper)",
                          "not run: reference_model is empty at this preset", "fig-06-detectors", NOT_RUN,
@@ -1231,8 +1232,9 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
             f"{ap:.3f}; at {tmin} tokens {pt_min:.3f} and "
             f"{_mean(at('none', f'auc_perplexity_T{tmin}', 1)):.3f}", "fig-06-detectors",
             judge(finite(pt, ap) and pt > ap, visible=finite(gap_z) and abs(gap_z) >= CHANCE_Z),
-            gate=(f"a difference between the two AUCs of at least {CHANCE_Z:.2f} null standard deviations of a "
-                  f"difference (here {gap_z:.1f}), so that sampling noise alone does not order them"),
+            gate=(f"a difference between the two AUCs, either way, of at least {CHANCE_Z:.2f} null standard "
+                  f"deviations of a difference (here {abs(gap_z):.1f}), so that sampling noise alone does not order "
+                  "them"),
             kind="comparison", collapse="none",
             extra={"auc": pt, "auc_local": ap, "auc_min": pt_min, "gap_z": gap_z,
                    "model": PRETRAINED[p["reference_model"]].label}))
