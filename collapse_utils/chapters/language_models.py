@@ -645,7 +645,8 @@ def pretrained_markdown(result: LMResult, p) -> str:
     return (f"{base.describe()} The study runs settings (a) and (b) from it on {n(len(data.train), 'training block')} "
             f"of {pp['block_size']} tokens of the model's own tokenizer (a vocabulary of "
             f"{int(data.info.get('vocab_size', 0)):,}), {n(pp['generations'], 'generation')} after model 0, {n(len(seeds), 'seed')}, "
-            f"{pp['epochs_a']} / {pp['epochs_b']} epochs allowed in (a) / (b), learning rate {pp['lr']:g}, batch "
+            f"{pp['epochs_a']} / {pp['epochs_b']} epochs in (a) / (b)"
+            + (" (every epoch runs: patience 0)" if pp["patience"] == 0 else " at most") + f", learning rate {pp['lr']:g}, batch "
             f"{pp['batch_size']}, beam search with {pp['num_beams']} beams and repetition penalty "
             f"{pp['repetition_penalty']:g}; test perplexity on {len(data.test):,} real test blocks. "
             f"It took {r.seconds:.0f} s in this execution (a rerun reuses finished generations).")
@@ -734,8 +735,13 @@ def pretrained_summary(result: LMResult, claims: list[Claim]) -> str:
     slight = c.get("pt-b-only-slightly")
     ratio = slight.extra.get("ratio") if slight is not None else float("nan")
     kept = int(slight.extra.get("kept_blocks", 0)) if slight is not None else 0
-    local = next((x for x in claims if x.id == "b-only-slightly"), None)
-    local_ratio = local.extra.get("ratio") if local is not None else float("nan")
+    g = int(a.extra["last_generation"])
+    w = _wide(result.metrics)
+    ta, tb = _by_seed(w, "a", "test_ppl"), _by_seed(w, "b", "test_ppl")
+    local_ratio = float("nan")  # the local model's (b)/(a) share at the study's last generation
+    if g in ta.columns and g in tb.columns and not ta.empty and not tb.empty:
+        la, lb = _mean(ta[g] / ta.iloc[:, 0] - 1), _mean(tb[g] / tb.iloc[:, 0] - 1)
+        local_ratio = lb / la if finite(la, lb) and la > 0 else float("nan")
     pp = result.pretrained_params
     ea, eb = pp["epochs_a"], pp["epochs_b"]
     return (f"From {_study_name(result)}, fine-tuning on the real blocks takes the test perplexity from "
@@ -747,12 +753,13 @@ def pretrained_summary(result: LMResult, claims: list[Claim]) -> str:
             f"{b.extra['rise_pct']:+.1f} % against its own (that (b) rises less: {v('pt-b-rises-less')}; "
             + (f"{ratio:.2f} of (a)'s rise, " if finite(ratio) else "")
             + f"that it degrades only slightly: {v('pt-b-only-slightly')}). "
-            + (f"This base was pretrained far from WikiText, yet (b)'s share of (a)'s rise is {ratio:.2f} against "
-               f"{local_ratio:.2f} for the local model; with only {kept} kept real block{'s' if kept != 1 else ''}, "
-               "the study cannot tell whether the base or the few kept blocks explain it. "
-               if finite(ratio, local_ratio) else "")
-            + f"That generated data are more probable under model 0 is {v('pt-data-more-probable')}; the long tail "
-            f"is {v('pt-long-tail')}.")
+            + (f"From this base (b)'s share of (a)'s rise at generation {g} is {ratio:.2f}, against {local_ratio:.2f} "
+               f"for the local model at the same generation. With only {kept} kept real "
+               f"block{'s' if kept != 1 else ''}, the study cannot tell whether the base or the few kept blocks "
+               "explain that. " if finite(ratio, local_ratio) else "")
+            + f"That generated data are more probable under model 0 is {v('pt-data-more-probable')}. The tail "
+            f"measure (the 95th percentile over the median under model 0) growing past the real data's and "
+            f"generation 1's is {v('pt-long-tail')}.")
 
 
 def pretrained_claims(result: LMResult, p) -> list[Claim]:

@@ -1031,12 +1031,15 @@ def pretrained_scorer_markdown(claims: list[Claim], p: dict) -> str:
     return (f"**A pretrained scorer.** {e['model']} also scored the no-filter arm's crawls: each block's first tokens, "
             f"decoded to text and read with its own tokenizer. On whole blocks of the generation-1 crawl its "
             f"reference-perplexity AUC is {e['auc']:.3f}, against {e['auc_local']:.3f} with the local base; reading "
-            f"the fewest tokens, {e['auc_min']:.3f}. That the detector does better with the pretrained scorer is "
-            f"{verdict_text(c.verdict, c.gate)}."
+            f"{e['tokens_min']} tokens, {e['auc_min']:.3f} against {e['auc_local_min']:.3f}. That the detector does "
+            f"better with the pretrained scorer is {verdict_text(c.verdict, c.gate)}."
             + (f" An AUC below 0.5 means the opposite of the detector's rule: under this scorer the model-written "
-               f"blocks are *less* probable than the human ones (the local model writes text a pretrained model "
-               f"finds improbable), so low perplexity does not mark machine text here; read the other way round, "
-               f"the same scores separate with AUC {1 - e['auc']:.3f}." if finite(e["auc"]) and e["auc"] < 0.5 else ""))
+               f"blocks are *less* probable than the human ones, so low perplexity does not mark machine text here "
+               f"(a weak generator's text, or a scorer that knows Wikipedia, the human blocks' source: this run "
+               f"cannot tell which). Read the other way round, the same scores separate with AUC {1 - e['auc']:.3f}"
+               + (f", against {1 - e['auc_local']:.3f} for the local base, whose AUC is below 0.5 too."
+                  if finite(e["auc_local"]) and e["auc_local"] < 0.5 else ".")
+               if finite(e["auc"]) and e["auc"] < 0.5 else ""))
 
 
 def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
@@ -1224,7 +1227,8 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
                          "not run: reference_model is empty at this preset", "fig-06-detectors", NOT_RUN,
                          gate="a pretrained reference model (reference_model; the pretrained preset sets it)",
                          kind="comparison", collapse="none",
-                         extra={"auc": float("nan"), "auc_local": ap, "auc_min": float("nan"), "model": ""}))
+                         extra={"auc": float("nan"), "auc_local": ap, "auc_min": float("nan"), "model": "",
+                                "tokens_min": tmin, "auc_local_min": float("nan")}))
     else:
         out.append(Claim(
             "pretrained-scorer", pt_statement, "(beyond the paper)",
@@ -1236,7 +1240,8 @@ def claims(result: ProvenanceResult, p: dict) -> list[Claim]:
                   f"deviations of a difference (here {abs(gap_z):.1f}), so that sampling noise alone does not order "
                   "them"),
             kind="comparison", collapse="none",
-            extra={"auc": pt, "auc_local": ap, "auc_min": pt_min, "gap_z": gap_z,
+            extra={"auc": pt, "auc_local": ap, "auc_min": pt_min, "gap_z": float(gap_z), "tokens_min": tmin,
+                   "auc_local_min": _mean(at("none", f"auc_perplexity_T{tmin}", 1)),
                    "model": PRETRAINED[p["reference_model"]].label}))
     a1, al = _mean(at("none", f"auc_classifier_T{tmin}", 1)), _mean(at("none", f"auc_classifier_T{tmin}", last))
     p1, pl = _mean(at("none", f"auc_perplexity_T{tmin}", 1)), _mean(at("none", f"auc_perplexity_T{tmin}", last))

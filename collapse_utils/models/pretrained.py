@@ -140,5 +140,5 @@ def text_nll(model, tokenizer, texts: list[str], batch_size: int = 16) -> np.nda
 def describe(name: str) -> str:
     """One sentence naming the registry model, for pages: what it is, where it came from, what is better."""
     spec = PRETRAINED[name]
-    return (f"{spec.label}, {spec.parameters} parameters; where the Hugging Face hub can be reached, "
-            f"`model_name='{spec.hub_base}'` runs the base model instead (not instruction-tuned, not quantised)")
+    return (f"{spec.label}, {spec.parameters} parameters; where the Hugging Face hub can be reached, the base "
+            f"model `{spec.hub_base}` (not instruction-tuned, not quantised) can be named instead")
