@@ -107,7 +107,8 @@ def test_package_reads_the_tracked_registry_in_data():
     assert tracked.is_file()
     assert cu_data.registry_path().read_bytes() == tracked.read_bytes()
     doc = yaml.safe_load(tracked.read_text())
-    assert set(REGISTRY) == set(doc["datasets"]) == {"mnist", "wikitext-2", "wikitext-2-raw", "gpt2-bpe"}
+    assert set(REGISTRY) == set(doc["datasets"]) == {"mnist", "wikitext-2", "wikitext-2-raw", "gpt2-bpe",
+                                                      "smollm2-135m"}
     for name, entry in doc["datasets"].items():
         assert {f: m["sha256"] for f, m in entry["files"].items()} == REGISTRY[name].files
 
