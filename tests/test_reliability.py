@@ -201,35 +201,41 @@ def test_read_only_results_folder_is_refused_before_compute(tmp_path):
 
 
 # -- the bad-input catalogue -------------------------------------------------------------------------
-def _corrupt_data(tmp: Path) -> Path:
+def _damaged(tmp: Path, dataset: str, damage) -> Path:
+    """A data folder like the offline one (every other dataset linked in) whose ``dataset`` folder is made by
+    ``damage(folder, original)``."""
     from collapse_utils.core.data import find_dataset
 
-    shared = find_dataset("mnist").parent
-    d = tmp / "corrupt-data"
+    shared = find_dataset("wikitext-2").parent
+    d = tmp / f"damaged-{dataset}"
     d.mkdir()
     for sub in shared.iterdir():
-        if sub.is_dir() and sub.name != "mnist":
+        if sub.is_dir() and sub.name != dataset:
             (d / sub.name).symlink_to(sub)
-    shutil.copytree(shared / "mnist", d / "mnist")
-    f = d / "mnist" / "t10k-labels-idx1-ubyte.gz"
-    f.write_bytes(f.read_bytes()[:-100] + b"\0" * 100)
+    damage(d / dataset, shared / dataset)
     return d
+
+
+def _corrupt_data(tmp: Path) -> Path:
+    """MNIST with the last 100 bytes of one file zeroed."""
+    def damage(folder: Path, original: Path) -> None:
+        shutil.copytree(original, folder)
+        f = folder / "t10k-labels-idx1-ubyte.gz"
+        f.write_bytes(f.read_bytes()[:-100] + b"\0" * 100)
+
+    return _damaged(tmp, "mnist", damage)
 
 
 def _corrupt_model(tmp: Path) -> Path:
-    """A data folder with the offline datasets and a damaged pretrained-model file (its first bytes kept)."""
-    from collapse_utils.core.data import REGISTRY, find_dataset
+    """The pretrained-model folder with a damaged file (a GGUF header and nothing else)."""
+    from collapse_utils.core.data import REGISTRY
 
-    shared = find_dataset("wikitext-2").parent
-    d = tmp / "corrupt-model"
-    d.mkdir()
-    for sub in shared.iterdir():
-        if sub.is_dir() and sub.name != "smollm2-135m":
-            (d / sub.name).symlink_to(sub)
-    (d / "smollm2-135m").mkdir()
-    (name,) = REGISTRY["smollm2-135m"].files
-    (d / "smollm2-135m" / name).write_bytes(b"GGUF" + b"\0" * 4096)
-    return d
+    def damage(folder: Path, original: Path) -> None:
+        folder.mkdir()
+        (name,) = REGISTRY["smollm2-135m"].files
+        (folder / name).write_bytes(b"GGUF" + b"\0" * 4096)
+
+    return _damaged(tmp, "smollm2-135m", damage)
 
 
 #: (input as a reader would describe it, command-line arguments, environment, what the message must say)

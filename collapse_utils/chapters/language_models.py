@@ -37,7 +37,7 @@ from ..core.engine import Loop, run_recursion
 from ..models.lm import LOCAL_MODEL, PROMPT_SOURCES, Base, LMCollapse, prepare_base, prepare_data
 from ..models.lm_data import DATA_CONFIGS, TOKENIZE_MODES, LMData, load_tokenizer
 from ..models.pretrained import PRETRAINED, is_registry_model, model_folder
-from .plotting import finish, palette, regime_colors
+from .plotting import finish, not_run_figure, palette, regime_colors
 from ..core.regimes import parse_regime
 
 __all__ = ["LocalOPTParams",
@@ -672,16 +672,13 @@ def plot_pretrained(result: LMResult, p):
     import matplotlib.pyplot as plt
 
     if result.pretrained is None:
-        fig, ax = plt.subplots(figsize=(11, 1.6))
-        ax.text(0.5, 0.5, "the pretrained study is not run at this preset (pretrained is empty)", ha="center",
-                va="center", fontsize=12)
-        ax.set_axis_off()
-        return fig
+        return not_run_figure("the pretrained study is not run at this preset (pretrained is empty)")
     pt, pp = result.pretrained, result.pretrained_params
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     cols = dict(zip(SETTINGS, regime_colors(["replace", f"keep_real({pp['keep_fraction']:g})"])))
+    w_study, w_local = _wide(pt.metrics), _wide(result.metrics)
     for s in SETTINGS:
-        t = _by_seed(_wide(pt.metrics), s, "test_ppl")
+        t = _by_seed(w_study, s, "test_ppl")
         if t.empty:
             continue
         g = t.columns.to_numpy()
@@ -689,7 +686,7 @@ def plot_pretrained(result: LMResult, p):
         axes[0].fill_between(g, t.min(axis=0), t.max(axis=0), color=cols[s], alpha=0.15, lw=0)
         axes[1].plot(g, 100 * (t.mean(axis=0) / t.iloc[:, 0].mean() - 1), marker="o", color=cols[s],
                      label=f"({s}) {_study_name(result)}")
-        lt = _by_seed(_wide(result.metrics), s, "test_ppl")
+        lt = _by_seed(w_local, s, "test_ppl")
         if not lt.empty:
             axes[1].plot(lt.columns.to_numpy(), 100 * (lt.mean(axis=0) / lt.iloc[:, 0].mean() - 1), marker="s",
                          ls="--", color=cols[s], alpha=0.6, label=f"({s}) this page's local model")
@@ -706,14 +703,8 @@ def plot_pretrained(result: LMResult, p):
 def plot_pretrained_histograms(result: LMResult, p):
     """The pretrained study's training data under its model 0 (:func:`plot_ppl_histograms` of its run), or a
     placeholder where the preset does not run it."""
-    import matplotlib.pyplot as plt
-
     if result.pretrained is None:
-        fig, ax = plt.subplots(figsize=(11, 1.6))
-        ax.text(0.5, 0.5, "the pretrained study is not run at this preset (pretrained is empty)", ha="center",
-                va="center", fontsize=12)
-        ax.set_axis_off()
-        return fig
+        return not_run_figure("the pretrained study is not run at this preset (pretrained is empty)")
     return plot_ppl_histograms(result.pretrained.per_seq, result.pretrained_params,
                                labels=result.pretrained.labels)
 
@@ -815,11 +806,7 @@ def plot_size_study(sizes: pd.DataFrame | None, p):
 
     t = size_table(sizes, p["keep_fraction"])
     if t is None or len(t) == 0:  # the study is off at this preset: say so in the figure's place
-        fig, ax = plt.subplots(figsize=(11, 1.6))
-        ax.text(0.5, 0.5, "the size study is not run at this preset (size_blocks is empty)", ha="center",
-                va="center", fontsize=12)
-        ax.set_axis_off()
-        return fig
+        return not_run_figure("the size study is not run at this preset (size_blocks is empty)")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     cols = regime_colors(["replace", f"keep_real({p['keep_fraction']:g})"])
     for arm, c in zip(("a", "b"), cols):

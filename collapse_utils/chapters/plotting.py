@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-__all__ = ["set_style", "table", "band", "band_tidy", "palette", "finish", "REGIME_COLORS", "regime_color", "regime_colors"]
+__all__ = ["set_style", "table", "band", "band_tidy", "palette", "finish", "not_run_figure", "REGIME_COLORS",
+           "regime_color", "regime_colors"]
 
 PALETTE = "colorblind"
 #: one colour per data regime across the whole book (indices into the colour-blind palette):
@@ -105,6 +106,16 @@ def finish(ax, xlabel: str, ylabel: str, title: str | None = None, legend: bool 
     if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(**legend_kw)
     return ax
+
+
+def not_run_figure(text: str):
+    """A figure's place on a page whose preset does not run its study: one line saying so."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 1.6))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    ax.set_axis_off()
+    return fig
 
 
 def table(df, precision: int | None = None):
